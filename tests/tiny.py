@@ -1,0 +1,44 @@
+"""Tiny random-weight BERT backbones and configs for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel
+
+from berter.config import Config
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cs224n"
+
+
+def tiny_backbone(layers: int = 3, hidden: int = 32, seed: int = 0) -> BertModel:
+    """A random BERT with the packaged tokenizer's vocabulary (30522 word pieces)."""
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    return BertModel(cfg, add_pooling_layer=False)
+
+
+def tiny_config(**overrides) -> Config:
+    """Demo data, a few examples per task, one short epoch."""
+    values = dict(
+        data_dir=None,
+        max_train=24,
+        max_dev=16,
+        max_len=32,
+        batch_size=8,
+        epochs=1,
+        lr=1e-3,
+        dropout=0.1,
+        calib_fraction=0.25,
+        seed=0,
+    )
+    values.update(overrides)
+    return Config(**values)
