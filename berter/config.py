@@ -24,6 +24,7 @@ CONCAT_VALUES = ("before_embed", "after_embed")
 SLF_VALUES = ("off", "on")
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
 TASK_ORDERS = ("round_robin", "proportional")
+POOLING = ("mean", "cls")
 
 AXES = ("smart", "cos_loss", "concat", "slf", "strategy", "exit_method")
 
@@ -44,6 +45,7 @@ class Config:
     model: str = DEFAULT_MODEL
     dropout: float = 0.3
     drop_top: int = 0  # remove this many top encoder layers before fine-tuning
+    pooling: str = "mean"  # what exit heads read: mean over real tokens, or the [CLS] vector
 
     # --- variant axes ---
     smart: str = "off"
@@ -135,6 +137,7 @@ class Config:
         one_of("exit_method", sorted(EXIT_METHODS))
         one_of("optimizer", OPTIMIZERS)
         one_of("task_order", TASK_ORDERS)
+        one_of("pooling", POOLING)
 
         if not self.tasks:
             raise ConfigError("tasks is empty")

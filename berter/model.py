@@ -63,7 +63,12 @@ class ExitOutput:
 
 
 class ExitHead(nn.Module):
-    """Pooler-style head (dense + tanh on [CLS], then a linear layer), as in DeeBERT/BERxiT."""
+    """Pooler-style head (dense + tanh, then a linear layer), as in DeeBERT/BERxiT.
+
+    It reads the mean of the layer's real-token states by default (``pooling=mean``): the
+    packaged backbone was trained as a mean-pooled sentence encoder, so its [CLS] state
+    carries little; ``pooling=cls`` reads [CLS] as the papers do with bert-base.
+    """
 
     def __init__(self, hidden: int, out: int, dropout: float):
         super().__init__()
@@ -90,6 +95,7 @@ class MultiExitBert(nn.Module):
         dropout: float = 0.1,
         concat: str = "after_embed",
         cos_loss: str = "off",
+        pooling: str = "mean",
         exit_module: nn.Module | None = None,
     ):
         super().__init__()
@@ -102,6 +108,7 @@ class MultiExitBert(nn.Module):
         self.tasks = {t.name: t for t in tasks}
         self.concat = concat
         self.siamese = cos_loss == "on"
+        self.pooling = pooling
         hidden = backbone.config.hidden_size
         n = self.num_layers
         self.heads = nn.ModuleDict()
@@ -141,6 +148,7 @@ class MultiExitBert(nn.Module):
             dropout=cfg.dropout,
             concat=cfg.concat,
             cos_loss=cfg.cos_loss,
+            pooling=cfg.pooling,
             exit_module=method.build_module(backbone.config.hidden_size, tasks),
         )
 
@@ -209,7 +217,11 @@ class MultiExitBert(nn.Module):
             u, v = pooled[:n], pooled[n:]
             cos = F.cosine_similarity(u, v, dim=-1)
             return ExitOutput(logits=cos, pooled=u * v, pair=(u, v))
-        logits, pooled = self.heads[task][i](state.hidden[:, 0])
+        if self.pooling == "mean":
+            summary = mean_pool(state.hidden, state.mask)
+        else:
+            summary = state.hidden[:, 0]
+        logits, pooled = self.heads[task][i](summary)
         if logits.shape[-1] == 1:
             logits = logits.squeeze(-1)
         return ExitOutput(logits=logits, pooled=pooled)
