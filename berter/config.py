@@ -56,7 +56,7 @@ class Config:
     exit_method: str = "none"
 
     # --- optimisation ---
-    lr: float = 5e-5
+    lr: float = 1e-4  # measured best of 5e-5 / 1e-4 / 2e-4 for the 6-layer backbone (BENCHMARKS.md)
     batch_size: int = 16
     epochs: int = 5
     optimizer: str = "adamw"
