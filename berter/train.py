@@ -351,20 +351,30 @@ class TrainingRun:
             acc = ((cos[None, :] > cands[:, None]).numpy() == gold[None, :]).mean(1)
             self.model.cos_threshold[i] = float(cands[int(acc.argmax())])
 
-    def exit_metrics(self, dev: Evaluation) -> dict[str, Any]:
-        """Early-exit operating point and trade-off tables (from berter.exits)."""
+    def exit_metrics(self, dev: Evaluation, speed_examples: int = 0) -> dict[str, Any]:
+        """Early-exit operating point and trade-off tables (from berter.exits).
+
+        ``speed_examples`` > 0 also times real early-exit inference on that many dev examples
+        per task (``speedup_wall``, ``speedup_wall_b32``): expensive, for the end of training.
+        """
         from berter import exits
 
-        if hasattr(exits, "operating_point"):
-            return exits.operating_point(self, dev)
-        n = self.model.num_layers
-        return {"dev_score_exit": dev.dev_score, "avg_exit_layer": float(n), "layers_saved": 0.0}
+        row = exits.operating_point(self, dev)
+        if speed_examples > 0:
+            from berter.infer import speed_metrics
+
+            names = [t.name for t in self.tasks]
+            thresholds = exits.thresholds_from_metrics(row, names)
+            row.update(speed_metrics(self, thresholds, speed_examples))
+        return row
 
     def metrics(self, dev: Evaluation) -> dict[str, Any]:
         """The flat metric dict reported per epoch (and written to the results)."""
         row: dict[str, Any] = {"dev_score": dev.dev_score}
         for t in dev.tasks.values():
             row[metric_column(t.task)] = t.final
+            row[f"{metric_column(t.task)}_layers"] = [float(m) for m in t.metrics]
+            row[f"{metric_column(t.task)}_layers"] = [float(m) for m in t.metrics]  # per exit
         scores = dev.layer_scores
         row["dev_score_mean_exits"] = float(np.mean(scores))
         row["best_layer"] = int(np.argmax(scores)) + 1

@@ -1,0 +1,107 @@
+"""Fine-tuning strategy benchmark: dev score at the final layer and averaged over all exits.
+
+Each strategy (final, joint, two_stage, alternating, smart_alt, plus SLF + joint) fine-tunes
+the packaged all-MiniLM-L6-v2 on capped slices of the CS224N data, with no early exit, and
+is scored on dev at every exit. ``cfg.epochs`` counts epochs per stage, so two_stage trains
+twice as many epochs and SLF adds a fraction of one (the "epochs run" column).
+
+    python benchmarks/strategies.py                         # 2000 train / 1000 dev per task
+    python benchmarks/strategies.py --max-train 300 --strategies final,joint   # a quick look
+
+Results are appended to ``--out`` (JSON lines) as each run finishes, so an interrupted
+benchmark keeps what it has; the Markdown table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from berter.config import Config  # noqa: E402
+from berter.train import train_and_evaluate  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "cs224n"
+RUNS = {  # row label -> axis values
+    "final": {"strategy": "final"},
+    "joint": {"strategy": "joint"},
+    "two_stage": {"strategy": "two_stage"},
+    "alternating": {"strategy": "alternating"},
+    "smart_alt": {"strategy": "smart_alt"},
+    "slf+joint": {"strategy": "joint", "slf": "on"},
+}
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| strategy | dev score (final layer) | dev score (mean over exits) | best layer "
+        "| SST | Para | STS r | epochs run | train s |\n"
+        "|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['dev_score']:.4f} | {r['dev_score_mean_exits']:.4f} "
+            f"| {r['best_layer']} | {r['sst_acc']:.3f} | {r['para_acc']:.3f} "
+            f"| {r['sts_corr']:.3f} | {r['epochs_done']} | {r['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(DATA))
+    p.add_argument("--max-train", type=int, default=2000, help="training examples per task")
+    p.add_argument("--max-dev", type=int, default=1000, help="dev examples per task")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategies", default=",".join(RUNS), help="comma-separated row labels")
+    p.add_argument("--out", default=str(ROOT / "results" / "strategies.jsonl"))
+    args = p.parse_args(argv)
+
+    labels = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in labels if s not in RUNS]
+    if unknown:
+        print(
+            f"error: unknown strategy row(s) {', '.join(unknown)}; rows: {', '.join(RUNS)}",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label in labels:
+        cfg = Config(
+            data_dir=args.data_dir,
+            max_train=args.max_train,
+            max_dev=args.max_dev,
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            num_threads=args.threads,
+            **RUNS[label],
+        )
+        start = time.perf_counter()
+        result = train_and_evaluate(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+        row = {"label": label, **result, "wall_seconds": time.perf_counter() - start}
+        rows.append(row)
+        with out.open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        print(
+            f"{label}: dev {row['dev_score']:.4f}, mean over exits {row['dev_score_mean_exits']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

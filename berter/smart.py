@@ -1,0 +1,127 @@
+"""SMART: smoothness-inducing adversarial regularisation (Jiang et al., 2019).
+
+The term added to the task loss is ``R_s = max_{||x' - x|| <= eps} l_s(f(x'), f(x))``: how far
+a small, adversarially chosen perturbation of the input moves the model's outputs. As in the
+public reference implementations (mt-dnn, smart-pytorch):
+
+1. the *word* (token) embeddings are perturbed, starting from Gaussian noise of std
+   ``smart_eps``;
+2. ``smart_steps`` ascent steps each take the gradient of the divergence between perturbed and
+   (detached) clean outputs w.r.t. the noise, add ``smart_step`` times it, and rescale every
+   token's noise by its infinity norm (so, as in the references, the perturbation after an
+   ascent step has unit infinity norm per token whatever ``smart_eps``); a step whose
+   gradient is not finite is skipped, keeping the current perturbation;
+3. the final term compares perturbed and clean outputs with a symmetric KL divergence for
+   classification exits (each direction with its target detached; a single binary logit is the
+   two-class distribution ``[1 - sigmoid, sigmoid]``) and MSE for regression exits and for
+   siamese exits, whose output is a cosine.
+
+The term is summed over the exits the strategy trains at this step, like the task loss, so
+``smart_lambda`` weighs each exit's regulariser against its own task loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from berter.config import Config
+from berter.data import Batch
+from berter.model import ExitOutput, MultiExitBert
+
+NORM_EPS = 1e-6  # keeps the infinity-norm rescaling finite for an all-zero token
+
+
+def _as_distribution_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Class logits [B, C]; a single binary logit [B] becomes the two classes [0, logit]."""
+    if logits.dim() == 1:
+        return torch.stack([torch.zeros_like(logits), logits], dim=-1)
+    return logits
+
+
+def divergence(
+    adv: ExitOutput, clean: ExitOutput, regression: bool, symmetric: bool = True
+) -> torch.Tensor:
+    """``l_s`` between one exit's perturbed and clean outputs.
+
+    ``symmetric=False`` is the ascent objective: KL(clean || perturbed) with the clean side
+    detached. ``symmetric=True`` is the final term, where both sides receive gradients.
+    """
+    a, c = adv.logits.float(), clean.logits.float()
+    if regression or adv.pair is not None:  # a score, or a siamese cosine
+        return F.mse_loss(a, c if symmetric else c.detach())
+    a, c = _as_distribution_logits(a), _as_distribution_logits(c)
+    forward = F.kl_div(
+        F.log_softmax(a, dim=-1), F.softmax(c.detach(), dim=-1), reduction="batchmean"
+    )
+    if not symmetric:
+        return forward
+    backward = F.kl_div(
+        F.log_softmax(c, dim=-1), F.softmax(a.detach(), dim=-1), reduction="batchmean"
+    )
+    return forward + backward
+
+
+def _exits_divergence(
+    outs: list[ExitOutput],
+    clean_outs: list[ExitOutput],
+    exits: tuple[int, ...],
+    regression: bool,
+    symmetric: bool,
+) -> torch.Tensor:
+    return sum(divergence(outs[i], clean_outs[i], regression, symmetric) for i in exits)
+
+
+def _project(noise: torch.Tensor) -> torch.Tensor:
+    """Rescale each token's perturbation by its infinity norm (the references' 'inf' norm)."""
+    return noise / (noise.abs().amax(dim=-1, keepdim=True) + NORM_EPS)
+
+
+def adversarial_noise(
+    model: MultiExitBert,
+    batch: Batch,
+    clean_outs: list[ExitOutput],
+    exits: tuple[int, ...],
+    cfg: Config,
+    words: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """The perturbation of each input sequence's word embeddings after the ascent steps."""
+    if words is None:
+        words = model.word_embeddings(batch)
+    base = [w.detach() for w in words]
+    noise = [torch.randn_like(w) * cfg.smart_eps for w in base]
+    regression = model.tasks[batch.task].is_regression
+    layers = max(exits) + 1
+    for _ in range(int(cfg.smart_steps)):
+        noise = [n.detach().requires_grad_() for n in noise]
+        outs = model.forward(
+            batch, word_embeds=[b + n for b, n in zip(base, noise, strict=True)], layers=layers
+        )
+        loss = _exits_divergence(outs, clean_outs, exits, regression, symmetric=False)
+        if not torch.is_tensor(loss) or not loss.requires_grad:
+            break  # the outputs do not depend on the input: nothing to ascend
+        grads = torch.autograd.grad(loss, noise, allow_unused=True)
+        grads = [torch.zeros_like(n) if g is None else g for n, g in zip(noise, grads, strict=True)]
+        if not all(torch.isfinite(g).all() for g in grads):
+            continue  # skip this step, keep the current perturbation
+        noise = [_project(n + cfg.smart_step * g) for n, g in zip(noise, grads, strict=True)]
+    return [n.detach() for n in noise]
+
+
+def smart_loss(
+    model: MultiExitBert,
+    batch: Batch,
+    clean_outs: list[ExitOutput],
+    exits: tuple[int, ...],
+    cfg: Config,
+) -> torch.Tensor:
+    """The adversarial regulariser R_s for one batch, summed over ``exits``."""
+    if not exits:
+        return clean_outs[-1].logits.new_zeros(())
+    words = model.word_embeddings(batch)
+    noise = adversarial_noise(model, batch, clean_outs, exits, cfg, words)
+    outs = model.forward(
+        batch, word_embeds=[w + n for w, n in zip(words, noise, strict=True)], layers=max(exits) + 1
+    )
+    regression = model.tasks[batch.task].is_regression
+    return _exits_divergence(outs, clean_outs, exits, regression, symmetric=True)
