@@ -374,7 +374,6 @@ class TrainingRun:
         for t in dev.tasks.values():
             row[metric_column(t.task)] = t.final
             row[f"{metric_column(t.task)}_layers"] = [float(m) for m in t.metrics]
-            row[f"{metric_column(t.task)}_layers"] = [float(m) for m in t.metrics]  # per exit
         scores = dev.layer_scores
         row["dev_score_mean_exits"] = float(np.mean(scores))
         row["best_layer"] = int(np.argmax(scores)) + 1

@@ -1,0 +1,252 @@
+"""Search spaces: which hyperparameters and variant axes a sweep searches, and over what.
+
+``SPACE`` is the one table of searchable names. Each entry maps a command-line name to a
+``Config`` field and a range; its default is that field's default in ``Config`` (the single
+source of truth), so a name that is not searched keeps the ``Config`` value. The help of
+``sweeps/run.py`` is generated from this table.
+
+Variants. A sweep runs over a list of *candidate variants* (points on the six technique
+axes), chosen like this:
+
+- ``--variants`` not given and no axis searched: the ``Config`` default variant only.
+- ``--variants SPEC`` and no axis searched: exactly the variants SPEC selects, assigned to
+  trials round-robin (trial i gets variant i mod V), so ``--num-samples`` >= V runs every
+  variant at least once whatever the searcher does.
+- an axis in ``--search`` (e.g. ``--search lr,exit``): the searcher picks the variant. The
+  searched axes range over the values they take in the ``--variants`` selection (every
+  registered value when ``--variants`` is not given); the other axes keep the values of a
+  selected variant (``Config`` defaults when ``--variants`` is not given). Only valid
+  combinations are candidates (``Config.validate``), so a trial never gets, say,
+  ``strategy=final`` with an early-exit method.
+
+The variant reaches the searcher as one categorical parameter, ``variant`` (its short name,
+``berter.config.variant_name``), so Optuna's TPE models the score per variant and the space
+stays valid by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from berter.config import AXES, OPTIMIZERS, Config, variant_name
+from berter.errors import ConfigError
+
+# The BERTer paper's best setting (section 5.2). ``Config`` differs on purpose for lr only:
+# the packaged 6-layer MiniLM backbone learns too slowly at 1.3e-5 within a few epochs, so
+# its default is a higher, measured value (see config.py); search ``lr`` around it.
+PAPER_BEST = {"lr": 1.3e-5, "batch_size": 16, "dropout": 0.3, "epochs": 5}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searchable name: the Config field it sets and the distribution it is drawn from."""
+
+    name: str
+    field: str
+    kind: str  # loguniform | uniform | int | choice | axis
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+    help: str = ""
+
+    @property
+    def default(self) -> Any:
+        return {f.name: f.default for f in dataclasses.fields(Config)}[self.field]
+
+    def describe(self) -> str:
+        if self.kind == "axis":
+            return "variant axis (see --variants)"
+        if self.kind == "choice":
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        kind = {"loguniform": "log-uniform", "uniform": "uniform", "int": "integer"}[self.kind]
+        return f"{kind} [{self.low:g}, {self.high:g}]"
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw this parameter from an Optuna trial (define-by-run)."""
+        if self.kind == "loguniform":
+            return trial.suggest_float(self.field, self.low, self.high, log=True)
+        if self.kind == "uniform":
+            return trial.suggest_float(self.field, self.low, self.high)
+        if self.kind == "int":
+            return trial.suggest_int(self.field, int(self.low), int(self.high))
+        return trial.suggest_categorical(self.field, list(self.choices))
+
+
+SPACE: tuple[Param, ...] = (
+    Param("lr", "lr", "loguniform", 5e-6, 3e-4, help="peak learning rate"),
+    Param("batch", "batch_size", "choice", choices=(8, 16, 32), help="examples per batch"),
+    Param("dropout", "dropout", "uniform", 0.0, 0.5, help="hidden-state and head dropout"),
+    Param("epochs", "epochs", "int", 1, 8, help="epochs (at most --epochs if given)"),
+    Param("weight_decay", "weight_decay", "uniform", 0.0, 0.1, help="AdamW weight decay"),
+    Param("warmup", "warmup_ratio", "uniform", 0.0, 0.3, help="linear warmup fraction"),
+    Param("optimizer", "optimizer", "choice", choices=OPTIMIZERS, help="optimiser"),
+    Param("smart_lambda", "smart_lambda", "loguniform", 0.1, 10.0, help="SMART term weight"),
+    Param("smart_step", "smart_step", "loguniform", 1e-4, 1e-2, help="SMART ascent step"),
+    Param("smart_eps", "smart_eps", "loguniform", 1e-6, 1e-4, help="SMART initial noise std"),
+    Param("cos_margin", "cos_margin", "uniform", 0.0, 0.5, help="cosine loss margin"),
+    Param("slf_fraction", "slf_fraction", "uniform", 0.25, 1.0, help="share of the SLF epoch"),
+    Param("lte_lr", "lte_lr", "loguniform", 1e-5, 1e-3, help="learning-to-exit module lr"),
+    Param("lambda_lr", "lambda_lr", "loguniform", 1e-5, 1e-3, help="Q-exit lambda layer lr"),
+    Param("patience", "patience", "int", 1, 4, help="patience exit: agreeing layers"),
+    Param("qexit_beta", "qexit_beta", "uniform", 0.1, 1.0, help="Q-exit KL weight"),
+    Param("qexit_q", "qexit_q", "uniform", 0.3, 0.7, help="Q-exit halting quantile"),
+    Param("smart", "smart", "axis", help="SMART regularisation"),
+    Param("cos_loss", "cos_loss", "axis", help="siamese cosine loss for pair tasks"),
+    Param("concat", "concat", "axis", help="pair concatenation order"),
+    Param("slf", "slf", "axis", help="Sequential Layer Focus"),
+    Param("strategy", "strategy", "axis", help="fine-tuning strategy"),
+    Param("exit", "exit_method", "axis", help="early-exit method"),
+)
+BY_NAME = {p.name: p for p in SPACE}
+ALIASES = {
+    "batch_size": "batch",
+    "warmup_ratio": "warmup",
+    "cos": "cos_loss",
+    "exit_method": "exit",
+}
+
+
+def space_help() -> str:
+    """The table of searchable names for ``--help``: default, paper value, range."""
+    lines = []
+    for p in SPACE:
+        default = (
+            "per --variants"
+            if p.kind == "axis"
+            else f"{p.default:g}"
+            if isinstance(p.default, float)
+            else str(p.default)
+        )
+        paper = PAPER_BEST.get(p.field)
+        note = f" (paper {paper:g})" if paper is not None and paper != p.default else ""
+        lines.append(f"  {p.name:<13} {p.help:<34} default {default}{note}; {p.describe()}")
+    return "\n".join(lines)
+
+
+def parse_search(spec: str) -> list[Param]:
+    """``"lr,batch,exit"`` -> the Params, in table order; an unknown name is a ConfigError."""
+    names = [ALIASES.get(n.strip(), n.strip()) for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise ConfigError(
+            f"unknown --search name(s): {', '.join(unknown)}; searchable: {', '.join(BY_NAME)}"
+        )
+    if not names:
+        raise ConfigError("--search is empty; name at least one of: " + ", ".join(BY_NAME))
+    return [p for p in SPACE if p.name in names]
+
+
+def with_epoch_bound(params: list[Param], max_epochs: int | None) -> list[Param]:
+    """A searched ``epochs`` ranges over [1, --epochs] when --epochs is given."""
+    if max_epochs is None:
+        return params
+    return [
+        dataclasses.replace(p, low=1, high=max_epochs) if p.name == "epochs" else p for p in params
+    ]
+
+
+# ----------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    """A candidate variant: its axis values, short name and paper row (if it is one)."""
+
+    axes: dict[str, str]
+    preset: str | None = None
+
+    @property
+    def name(self) -> str:
+        return variant_name(self.axes)
+
+    @property
+    def slug(self) -> str:
+        """Filesystem- and terminal-friendly name: the paper row, or the non-default axes."""
+        if self.preset:
+            from berter.variants import slug
+
+            return slug(self.preset).replace("+", "-")
+        defaults = Config()
+        parts = [
+            f"{k.replace('_method', '')}-{v.replace('_embed', '')}"
+            for k, v in self.axes.items()
+            if getattr(defaults, k) != v
+        ]
+        return "_".join(parts) or "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": dict(self.axes), "preset": self.preset}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        return cls(dict(d["axes"]), d.get("preset"))
+
+
+def _variant(d: dict[str, str]) -> Variant:
+    return Variant({k: d[k] for k in AXES}, d.get("preset"))
+
+
+def candidate_variants(spec: str | None, searched_axes: list[str], base: Config) -> list[Variant]:
+    """The variants a sweep runs over (see the module docstring); each is valid with ``base``."""
+    from berter.variants import all_variants, preset_of, select_variants
+
+    default = {k: getattr(Config(), k) for k in AXES}
+    selected = select_variants(spec) if spec else [{**default}]
+    if not searched_axes:
+        chosen = selected
+    else:
+        fixed = [a for a in AXES if a not in searched_axes]
+        allowed = {a: {v[a] for v in selected} for a in searched_axes} if spec else None
+        keys = {tuple(v[a] for a in fixed) for v in selected}
+        chosen = [
+            v
+            for v in all_variants()
+            if tuple(v[a] for a in fixed) in keys
+            and (allowed is None or all(v[a] in allowed[a] for a in searched_axes))
+        ]
+    out, seen = [], set()
+    for d in chosen:
+        v = _variant(d)
+        if v.preset is None:
+            v = Variant(v.axes, preset_of(v.axes))
+        if v.name in seen:
+            continue
+        seen.add(v.name)
+        try:
+            base.replace(**v.axes)
+        except ConfigError as exc:
+            if not searched_axes:  # a variant the user asked for by name cannot run here
+                raise ConfigError(f"variant {v.preset or v.name}: {exc}") from None
+            continue  # searched combinations that conflict with the base config are left out
+        out.append(v)
+    if not out:
+        raise ConfigError("no valid variant to search with these --variants and --search")
+    return out
+
+
+# ----------------------------------------------------------------------------- Optuna space
+@dataclass
+class SearchSpace:
+    """Optuna define-by-run space: the variant (categorical), then the searched parameters.
+
+    A plain picklable object, because Ray Tune saves the searcher with the experiment so an
+    interrupted sweep can be resumed.
+    """
+
+    params: list[Param]
+    variants: list[str]  # candidate variant short names
+
+    def __call__(self, trial: Any) -> None:
+        trial.suggest_categorical("variant", list(self.variants))
+        for p in self.params:
+            p.suggest(trial)
+
+
+def round_robin_points(variants: list[str], num_samples: int) -> list[dict[str, str]]:
+    """Trial i is enqueued with variant i mod V: every variant runs once per V trials."""
+    return [{"variant": variants[i % len(variants)]} for i in range(num_samples)]
+
+
+def is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,205 @@
+"""The Ray Tune function trainable: one trial = one variant + hyperparameters, epoch by epoch.
+
+The driver loads and validates the data once and hands it to every trial through
+``tune.with_parameters`` (one copy in the object store, not one read per trial), together
+with the :class:`Sweep` that says how a trial config becomes a ``Config``.
+
+After every epoch the trial reports the dev score, the per-task metrics, the early-exit
+operating point and a checkpoint (``TrainingRun.state_dict()``), so ASHA can stop it at any
+epoch and a restarted trial resumes after its last finished epoch. A non-finite training
+loss ends the trial with ``diverged=True`` in its last result; any exception marks the trial
+as errored with its message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from berter.config import Config
+from berter.search import Variant
+
+CHECKPOINT_FILE = "state.pt"
+META_FILE = "trial.json"
+SPEEDUP_EXAMPLES = 64  # dev examples per task timed for speedup_wall (cost: seconds)
+
+
+@dataclass
+class Sweep:
+    """What every trial of a sweep shares: the base config and the candidate variants."""
+
+    base: dict[str, Any]  # Config fields (not searched)
+    variants: list[Variant]
+    measure_speedup: bool = True
+    by_name: dict[str, Variant] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_name = {v.name: v for v in self.variants}
+
+    def variant_of(self, trial_config: dict[str, Any]) -> Variant:
+        name = trial_config.get("variant", self.variants[0].name)
+        if name not in self.by_name:
+            raise KeyError(f"trial config names an unknown variant {name!r}")
+        return self.by_name[name]
+
+    def resolve(self, trial_config: dict[str, Any]) -> Config:
+        """Base config + the trial's variant axes + its sampled hyperparameters, validated."""
+        values = {**self.base, **self.variant_of(trial_config).axes}
+        values.update({k: v for k, v in trial_config.items() if k != "variant"})
+        return Config.from_dict(values)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def to_plain(obj: Any, where: str = "state") -> Any:
+    """Make a state dict loadable with ``torch.load(weights_only=True)``.
+
+    numpy scalars become Python numbers and arrays become tensors; anything else that is not
+    a tensor, container or primitive is an error naming where it sits, because it would make
+    the checkpoint unloadable only at resume time.
+    """
+    if isinstance(obj, np.generic):  # before the primitives: np.float64 is a float subclass
+        return obj.item()
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, dict):
+        return {k: to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, torch.Size):
+        return list(obj)
+    raise TypeError(f"{where}: {type(obj).__name__} cannot go into a weights_only checkpoint")
+
+
+def save_checkpoint(run: Any, directory: str | Path, meta: dict[str, Any]) -> None:
+    directory = Path(directory)
+    torch.save(to_plain(run.state_dict()), directory / CHECKPOINT_FILE)
+    (directory / META_FILE).write_text(json.dumps(meta))
+
+
+def load_checkpoint(run: Any, directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    state = torch.load(directory / CHECKPOINT_FILE, map_location=run.device, weights_only=True)
+    if "torch_rng" in state:  # the CPU generator state must live on the CPU
+        state["torch_rng"] = state["torch_rng"].cpu()
+    run.load_state_dict(state)
+    meta = directory / META_FILE
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+# ----------------------------------------------------------------------------- results
+def epoch_result(run: Any, report: Any, num_epochs: int) -> dict[str, Any]:
+    """The flat dict one epoch reports to Tune (and that becomes one epochs.parquet row)."""
+    metrics = dict(report.metrics)
+    return {
+        **metrics,
+        "epoch": report.epoch,
+        # epochs outside a Sequential Layer Focus warm-up: ASHA's time axis, so a partial
+        # one-layer-at-a-time epoch is not ranked against other variants' full epochs
+        "main_epoch": sum(1 for e in range(report.epoch) if run.strategy.epoch_phase(e) != "slf"),
+        "epochs_planned": num_epochs,
+        "phase": report.phase,
+        "train_loss": report.train_loss,
+        "epoch_seconds": report.epoch_seconds,
+        "train_seconds": report.train_seconds,
+        "num_layers": run.model.num_layers,
+        "diverged": bool(metrics.get("diverged", False)),
+    }
+
+
+def measure_speedup(run: Any, threads: int) -> dict[str, float]:
+    """Wall-clock early-exit speedup (batch 1 and 32) on capped dev examples, via berter.infer.
+
+    Skipped for ``exit_method=none``: its early-exit path is the full model, speedup 1.
+    """
+    if run.cfg.exit_method == "none":
+        return {"speedup_wall": 1.0, "speedup_wall_b32": 1.0}
+    from berter.infer import speed_metrics
+
+    row = speed_metrics(run, max_examples=SPEEDUP_EXAMPLES, threads=threads, repeats=2)
+    return {k: float(row[k]) for k in ("speedup_wall", "speedup_wall_b32") if k in row}
+
+
+def trial_device() -> tuple[str, int]:
+    """The device Ray gave this trial, and its CPU count (for torch's thread pool)."""
+    import ray
+    from ray import tune
+
+    try:
+        resources = tune.get_context().get_trial_resources().required_resources
+    except Exception:  # outside a Tune session (direct call in tests)
+        resources = {}
+    cpus = max(1, int(resources.get("CPU", 1)))
+    gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
+    return device, cpus
+
+
+# ----------------------------------------------------------------------------- trainable
+def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = None) -> None:
+    """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=..., sweep=...)``)."""
+    from ray import tune
+
+    from berter.train import TrainingRun
+
+    logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
+    cfg = sweep.resolve(config)
+    device, cpus = trial_device()
+    if device == "cpu":
+        cfg = dataclasses.replace(cfg, num_threads=cpus)
+        torch.set_num_threads(cpus)
+    run = TrainingRun(cfg, data, device=device)
+    meta = {"started_at": datetime.now(timezone.utc).isoformat()}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            meta.update(load_checkpoint(run, directory))
+    num_epochs = run.strategy.num_epochs
+    if run.epoch >= num_epochs:
+        return  # the checkpoint is of the final epoch: nothing left to train
+    variant = sweep.variant_of(config)
+    info = {
+        "variant": variant.name,
+        "preset": variant.preset,
+        "started_at": meta["started_at"],
+        "data_source": run.data.source,
+        "model": cfg.model,
+        "seed": cfg.seed,
+    }
+
+    def on_epoch(report: Any) -> None:
+        result = {**epoch_result(run, report, num_epochs), **info}
+        if result["diverged"]:
+            tune.report(result)  # no checkpoint of non-finite weights; fit() stops after this
+            return
+        if report.epoch == num_epochs and sweep.measure_speedup:
+            started = time.perf_counter()
+            try:
+                result.update(measure_speedup(run, cpus if device == "cpu" else None))
+            except Exception as exc:  # a timing failure must not discard a trained trial
+                logging.getLogger(__name__).warning("speedup not measured: %s", exc)
+            result["speedup_seconds"] = time.perf_counter() - started
+        with tempfile.TemporaryDirectory(prefix="berter-ckpt-") as directory:
+            save_checkpoint(run, directory, meta)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    run.fit(on_epoch)
+
+
+def trainable_with_resources(data: Any, sweep: Sweep, cpus: float, gpus: float) -> Any:
+    """``train_trial`` bound to the shared data and sweep, with per-trial resources."""
+    from ray import tune
+
+    bound = tune.with_parameters(train_trial, data=data, sweep=sweep)
+    return tune.with_resources(bound, {"cpu": cpus, "gpu": gpus})

@@ -1,0 +1,217 @@
+"""Parquet results: schema, atomic writes, best-epoch summaries, the Tune callback's merging."""
+
+import os
+from types import SimpleNamespace
+
+import cloudpickle
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from tiny import tiny_config
+
+from berter.config import AXES
+from berter.results import (
+    EXIT_SCHEMA,
+    ResultsWriter,
+    Store,
+    error_message,
+    pareto_front,
+    read_results,
+    summarise,
+    to_table,
+    trial_schema,
+)
+from berter.search import Variant
+from berter.trainable import Sweep
+
+AXES_DEFAULT = {a: getattr(tiny_config(), a) for a in AXES}
+VARIANT = Variant(AXES_DEFAULT, "Baseline")
+
+
+class Trial(SimpleNamespace):
+    """What the callback reads from a Tune Trial: id, config, name, error files."""
+
+    def __str__(self) -> str:
+        return f"baseline_{self.trial_id}"
+
+
+def make_trial(trial_id: str, tmp_path=None, error: Exception | None = None) -> Trial:
+    pickled = None
+    if error is not None:
+        pickled = tmp_path / f"{trial_id}.pkl"
+        pickled.write_bytes(cloudpickle.dumps(error))
+    return Trial(
+        trial_id=trial_id,
+        config={"variant": VARIANT.name, "lr": 1e-4},
+        last_result={},
+        pickled_error_file=str(pickled) if pickled else None,
+        error_file=None,
+        get_pickled_error=lambda: None,
+    )
+
+
+def result(epoch: int, dev: float, **extra) -> dict:
+    return {
+        "epoch": epoch, "main_epoch": epoch, "epochs_planned": 3, "phase": "main",
+        "dev_score": dev, "sst_acc": dev, "para_acc": dev, "sts_corr": dev,
+        "avg_exit_layer": 3.0, "num_layers": 3, "layer_scores": [dev - 0.1, dev],
+        "train_loss": 1.0 / epoch, "epoch_seconds": 1.0, "train_seconds": float(epoch),
+        "diverged": False, "started_at": "2025-01-01T00:00:00+00:00", "data_source": "demo",
+        "exit_table": [
+            {"task": "sst", "exit_method": "none", "threshold": float(k), "metric": dev,
+             "avg_exit_layer": float(k)}
+            for k in (1, 2, 3)
+        ],
+        **extra,
+    }  # fmt: skip
+
+
+def writer(root) -> ResultsWriter:
+    w = ResultsWriter(
+        str(root),
+        Sweep(tiny_config().to_dict(), [VARIANT]),
+        "t",
+        ("sst", "para", "sts"),
+        echo=False,
+    )
+    w.setup()
+    return w
+
+
+def test_trial_row_has_the_best_epochs_metrics_and_whole_trial_totals(tmp_path):
+    w = writer(tmp_path)
+    t = make_trial("a")
+    w.on_trial_start(0, [], t)
+    for epoch, dev in ((1, 0.5), (2, 0.7), (3, 0.6)):
+        w.on_trial_result(0, [], t, result(epoch, dev, speedup_wall=2.0 if epoch == 3 else None))
+    w.on_trial_complete(0, [], t)
+    tables = read_results(tmp_path)
+    row = tables["trials"].iloc[0]
+    assert row.status == "terminated" and row.best_epoch == 2 and row.dev_score == 0.7
+    assert row.epochs_done == 3 and row.train_seconds == 3.0 and row.speedup_wall == 2.0
+    assert row.lr == 1e-4 and row.batch_size == tiny_config().batch_size  # resolved config
+    assert row.preset == "Baseline" and row.trial_name == "baseline_a"
+    assert list(row.layer_scores) == pytest.approx([0.6, 0.7])
+    assert len(tables["epochs"]) == 3
+    exits = tables["exits"]
+    assert set(exits.epoch) == {2} and len(exits) == 3  # the best epoch's trade-off table only
+
+
+def test_status_distinguishes_stopped_early_diverged_and_error(tmp_path):
+    w = writer(tmp_path)
+    stopped, diverged = make_trial("s"), make_trial("d")
+    w.on_trial_result(0, [], stopped, result(1, 0.5))
+    w.on_trial_complete(0, [], stopped)
+    w.on_trial_result(0, [], diverged, result(1, 0.2, diverged=True))
+    w.on_trial_complete(0, [], diverged)
+    failed = make_trial("e", tmp_path, RuntimeError("injected fault in epoch 2\n"))
+    w.on_trial_start(0, [], failed)
+    w.on_trial_error(0, [], failed)
+    trials = read_results(tmp_path)["trials"].set_index("trial_id")
+    assert trials.loc["s", "status"] == "stopped-early"  # 1 of 3 planned epochs
+    assert trials.loc["d", "status"] == "diverged"
+    assert trials.loc["e", "status"] == "error"
+    assert trials.loc["e", "error"] == "RuntimeError: injected fault in epoch 2"
+
+
+def test_error_message_unwraps_the_original_exception(tmp_path):
+    class Wrapped(Exception):
+        def __init__(self, cause):
+            super().__init__("ray::ImplicitFunc.train() traceback ...")
+            self.cause = cause
+
+    t = make_trial("w", tmp_path, Wrapped(ValueError("bad value")))
+    assert error_message(t) == "ValueError: bad value"
+
+
+def test_resumed_writer_merges_existing_rows_so_each_trial_appears_once(tmp_path):
+    w = writer(tmp_path)
+    done, unfinished = make_trial("a"), make_trial("b")
+    for e in (1, 2, 3):
+        w.on_trial_result(0, [], done, result(e, 0.5 + e / 10))
+    w.on_trial_complete(0, [], done)
+    w.on_trial_result(0, [], unfinished, result(1, 0.4))
+
+    again = cloudpickle.loads(cloudpickle.dumps(w))  # Tune restores the pickled callback
+    assert again.trials == {}  # rows are not carried in the pickle ...
+    again.setup()  # ... but reloaded from the files
+    again.on_trial_start(0, [], unfinished)
+    for e in (2, 3):
+        again.on_trial_result(0, [], unfinished, result(e, 0.45))
+    again.on_trial_complete(0, [], unfinished)
+    tables = read_results(tmp_path)
+    assert sorted(tables["trials"].trial_id) == ["a", "b"]
+    assert set(tables["trials"].status) == {"terminated"}
+    assert tables["epochs"].groupby("trial_id").epoch.apply(list).to_dict() == {
+        "a": [1, 2, 3],
+        "b": [1, 2, 3],
+    }
+    b = tables["trials"].set_index("trial_id").loc["b"]
+    assert b.best_epoch == 2 and b.dev_score == 0.45
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    store.write_table("trials.parquet", to_table([{"trial_id": "a"}], trial_schema()))
+    replaced = []
+    real_replace = os.replace
+
+    def record(src, dst):
+        replaced.append((os.path.dirname(src), os.path.dirname(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", record)
+    store.write_table("trials.parquet", to_table([{"trial_id": "b"}], trial_schema()))
+    assert replaced and all(a == b for a, b in replaced)  # rename within the directory
+
+    def crash(src, dst):
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        store.write_table("trials.parquet", to_table([{"trial_id": "c"}], trial_schema()))
+    assert pq.read_table(tmp_path / "trials.parquet").column("trial_id").to_pylist() == ["b"]
+    assert sorted(os.listdir(tmp_path)) == ["trials.parquet"]
+
+
+def test_schema_fixes_column_types_even_for_missing_values():
+    table = to_table(
+        [{"trial_id": "a", "batch_size": 16.0, "lr": "1e-4", "tasks": ("sst", "sts")}],
+        trial_schema(),
+    )
+    assert str(table.schema.field("batch_size").type) == "int64"
+    assert table.column("lr").to_pylist() == [1e-4]
+    assert table.column("tasks").to_pylist() == ["sst,sts"]
+    assert str(table.schema.field("layer_scores").type) == "list<item: double>"
+    assert table.column("dev_score").to_pylist() == [None]
+    assert str(table.schema.field("started_at").type) == "timestamp[us, tz=UTC]"
+    assert EXIT_SCHEMA.names[:4] == ["trial_id", "variant", "epoch", "task"]
+
+
+def test_read_results_on_a_uri_and_with_nothing_written(tmp_path):
+    empty = read_results(tmp_path / "nothing")
+    assert all(df.empty for df in empty.values()) and "dev_score" in empty["trials"].columns
+    w = writer(tmp_path)
+    w.on_trial_result(0, [], make_trial("a"), result(1, 0.5))
+    via_uri = read_results(f"file://{tmp_path}")
+    assert via_uri["trials"].trial_id.tolist() == ["a"]
+    assert pd.read_parquet(tmp_path / "trials.parquet").trial_id.tolist() == ["a"]  # plain pandas
+
+
+def test_summarise_prefers_the_earliest_of_tied_best_epochs_and_skips_nan():
+    epochs = [
+        {"epoch": 1, "dev_score": 0.6},
+        {"epoch": 2, "dev_score": float("nan")},
+        {"epoch": 3, "dev_score": 0.6},
+    ]
+    row = summarise({}, epochs, ["dev_score"])
+    assert row["best_epoch"] == 1 and row["epochs_done"] == 3
+
+
+def test_pareto_front_keeps_only_non_dominated_trials():
+    df = pd.DataFrame(
+        {"dev_score": [0.7, 0.6, 0.65, 0.5], "avg_exit_layer": [6.0, 3.0, 5.0, 4.0]},
+        index=list("abcd"),
+    )
+    front = pareto_front(df, ["dev_score", "avg_exit_layer"], ["max", "min"])
+    assert list(front.index) == ["a", "c", "b"]  # d is beaten by b on both

@@ -1,0 +1,216 @@
+"""sweeps/run.py end to end on a local Ray (2 CPUs), demo data and a tiny random backbone.
+
+Ray starts once for the module. Each sweep trains a 3-layer, 32-wide BERT on a few dozen
+demo examples per task, so a trial takes about a second; Ray's actor start-up dominates.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from ray import tune
+from tiny import tiny_backbone
+from transformers import AutoTokenizer
+
+from berter.data import packaged_model_path
+from berter.results import read_results
+from berter.sweep import SWEEP_FILE, build_parser, make_plan, run
+from berter.sweep import main as sweep_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIAL_COLUMNS = [
+    "trial_id", "status", "error", "variant", "preset", "smart", "cos_loss", "concat", "slf",
+    "strategy", "exit_method", "lr", "batch_size", "dropout", "epochs", "optimizer",
+    "weight_decay", "warmup_ratio", "smart_lambda", "smart_step", "lte_lr", "lambda_lr",
+    "patience", "dev_score", "sst_acc", "para_acc", "sts_corr", "dev_score_exit",
+    "avg_exit_layer", "layers_saved", "speedup_wall", "train_seconds", "epochs_done",
+    "best_epoch", "model", "seed", "started_at", "data_source", "layer_scores",
+]  # fmt: skip
+EPOCH_COLUMNS = ["trial_id", "epoch", "phase", "epoch_seconds", "train_loss", "dev_score"]
+EXIT_COLUMNS = ["trial_id", "task", "exit_method", "threshold", "metric", "avg_exit_layer"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A random 3-layer BERT saved with the packaged tokenizer: a --model directory."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tiny_backbone(layers=3).save_pretrained(path)
+    AutoTokenizer.from_pretrained(packaged_model_path()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def args(tiny_model: str, results: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--data", "demo", "--model", tiny_model, "--max-train", "24", "--max-dev", "16",
+        "--max-len", "32", "--results", str(results), "--name", name, *extra,
+    ]  # fmt: skip
+
+
+def test_three_trial_sweep_writes_the_three_tables(local_ray, tiny_model, tmp_path, capsys):
+    variants = "smart=off,cos=off,slf=off,strategy=joint,exit=none|entropy,concat=after"
+    rc = sweep_main(
+        args(tiny_model, tmp_path, "three", "--search", "lr,batch", "--variants", variants,
+             "--num-samples", "3", "--epochs", "2", "--scheduler", "fifo")
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.splitlines()[0].startswith("data: built-in demo set (not real data)")
+    tables = read_results(tmp_path / "three")
+    trials, epochs, exits = tables["trials"], tables["epochs"], tables["exits"]
+    assert set(TRIAL_COLUMNS) <= set(trials.columns)
+    assert set(EPOCH_COLUMNS) <= set(epochs.columns) and set(EXIT_COLUMNS) <= set(exits.columns)
+    assert len(trials) == 3 and set(trials.status) == {"terminated"}
+    # round-robin: two variants over three trials -> both run
+    assert sorted(trials.exit_method) == ["entropy", "none", "none"]
+    assert trials.trial_name.str.contains("strategy-joint").all()
+    assert len(epochs) == 6 and trials.epochs_done.tolist() == [2, 2, 2]
+    assert set(exits.trial_id) == set(trials.trial_id)
+    assert trials.data_source.eq("demo").all() and trials.lr.nunique() == 3
+    assert (tmp_path / "three" / SWEEP_FILE).exists() and (tmp_path / "three" / "ray").is_dir()
+    assert "best trials by dev_score" in out and "[" in out  # progress lines and summary
+
+
+class InterruptSweep(tune.Callback):
+    """Ctrl+C once the second trial has saved its first checkpoint (a marker file makes it
+    fire once: Tune stores this callback with the experiment and restores it on resume)."""
+
+    def __init__(self, marker: str):
+        self.marker, self.seen = marker, []
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if trial.trial_id not in self.seen:
+            self.seen.append(trial.trial_id)
+        if len(self.seen) == 2 and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_resume_skips_finished_trials_and_continues_from_checkpoints(
+    local_ray, tiny_model, tmp_path
+):
+    common = args(tiny_model, tmp_path, "resumable")
+    first = sweep_main(
+        [*common, "--search", "lr", "--num-samples", "3", "--epochs", "3", "--scheduler", "fifo",
+         "--max-concurrent", "1"],
+        callbacks=[InterruptSweep(str(tmp_path / "fired"))],
+    )  # fmt: skip
+    assert first == 1  # unfinished
+    before = read_results(tmp_path / "resumable")
+    done = before["trials"][before["trials"].status == "terminated"]
+    cut = before["trials"][before["trials"].status == "running"]
+    assert len(done) == 1 and len(cut) == 1
+    cut_id = cut.trial_id.item()
+    cut_epochs = before["epochs"][before["epochs"].trial_id == cut_id]
+
+    assert sweep_main(["--resume", "--name", "resumable", "--results", str(tmp_path)]) == 0
+    after = read_results(tmp_path / "resumable")
+    trials = after["trials"].set_index("trial_id")
+    assert len(trials) == 3 and trials.index.is_unique and set(trials.status) == {"terminated"}
+    finished = done.set_index("trial_id").iloc[0]
+    assert trials.loc[finished.name, "updated_at"] == finished.updated_at  # not re-run
+    epochs = after["epochs"]
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    resumed = epochs[epochs.trial_id == cut_id].set_index("epoch")
+    assert list(resumed.index) == [1, 2, 3]
+    for e in cut_epochs.epoch:  # epochs before the interruption were not trained again
+        assert resumed.loc[e, "reported_at"] == cut_epochs.set_index("epoch").loc[e, "reported_at"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "epochs_done"), [("raise@2", "error", 1), ("nan@1", "diverged", 1)]
+)
+def test_failing_trials_get_their_status(
+    local_ray, tiny_model, tmp_path, fault, status, epochs_done
+):
+    parsed = build_parser().parse_args(
+        args(
+            tiny_model, tmp_path, "faulty", "--search", "lr", "--num-samples", "1", "--epochs", "2"
+        )
+    )
+    plan, data = make_plan(parsed)
+    plan.base["test_fault"] = fault  # injected fault (Config.test_fault)
+    assert run(plan, data, resume=False, address=None) == 0
+    row = read_results(tmp_path / "faulty")["trials"].iloc[0]
+    assert row.status == status and row.epochs_done == epochs_done
+    if status == "error":
+        assert row.error == "RuntimeError: injected fault in epoch 2 (test_fault)"
+        assert row.dev_score > 0  # the finished epoch's metrics are kept
+
+
+# ----------------------------------------------------------------------------- user errors
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--search", "lr,warp"], "unknown --search name(s): warp"),
+        (["--search", "lr", "--variants", "strategy=final,exit=entropy"], "matches no variant"),
+        (["--search", "lr", "--data-dir", "/nonexistent/cs224n"], "python -m berter.data download"),
+        (["--variants", "paper"], "--search is required"),
+        (["--search", "lr", "--num-samples", "0"], "--num-samples must be >= 1"),
+        (["--search", "lr", "--objective", "loss"], "--objective"),
+        (["--search", "lr", "--model", "/nonexistent/model"], "does not exist"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv, message):
+    results = tmp_path / "results"
+    assert sweep_main([*argv, "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert not results.exists()
+
+
+def test_incomplete_data_dir_names_the_missing_file(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    assert sweep_main(["--search", "lr", "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert "ids-sst-train.csv: missing file" in err and "berter.data download" in err
+
+
+def test_existing_name_needs_resume_and_resume_needs_a_sweep(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / SWEEP_FILE).write_text("{}")
+    base = ["--search", "lr", "--data", "demo", "--results", str(tmp_path)]
+    assert sweep_main([*base, "--name", "taken"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert sweep_main(["--resume", "--name", "nope", "--results", str(tmp_path)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert (tmp_path / "taken" / SWEEP_FILE).read_text() == "{}"  # untouched
+
+
+def test_command_line_script_prints_one_line_and_exits_2():
+    proc = subprocess.run(
+        [sys.executable, "sweeps/run.py", "--search", "nonsense"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "unknown --search name" in proc.stderr
+
+
+def test_help_lists_every_searchable_name():
+    from berter.search import SPACE
+
+    text = build_parser().format_help()
+    for p in SPACE:
+        assert f"  {p.name} " in text
+
+
+def test_berter_console_script_dispatches_subcommands(capsys):
+    from berter.cli import main as berter
+
+    assert berter(["sweep", "--search", "warp"]) == 2
+    assert "unknown --search name" in capsys.readouterr().err
+    assert berter(["teleport"]) == 2
+    assert "unknown command 'teleport'" in capsys.readouterr().err
+    assert berter(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {cmd} " in out for cmd in ("sweep", "infer", "data", "report"))

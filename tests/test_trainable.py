@@ -1,0 +1,101 @@
+"""The trainable's pieces that need no Ray: config resolution, checkpoints, epoch results."""
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_backbone, tiny_config
+
+from berter.config import Config
+from berter.errors import ConfigError
+from berter.search import Variant
+from berter.train import TrainingRun
+from berter.trainable import (
+    CHECKPOINT_FILE,
+    Sweep,
+    epoch_result,
+    load_checkpoint,
+    save_checkpoint,
+    to_plain,
+)
+
+SLF_ALT = {
+    "smart": "off",
+    "cos_loss": "off",
+    "concat": "after_embed",
+    "slf": "on",
+    "strategy": "smart_alt",
+    "exit_method": "none",
+}
+
+
+def base() -> dict:
+    return tiny_config().to_dict()
+
+
+def test_resolve_merges_base_variant_and_sampled_values():
+    variant = Variant(SLF_ALT, "SLF + Smart Alt")
+    sweep = Sweep(base(), [Variant(dict(SLF_ALT, slf="off", strategy="final")), variant])
+    cfg = sweep.resolve({"variant": variant.name, "lr": 3e-4, "batch_size": 4})
+    assert (cfg.slf, cfg.strategy, cfg.lr, cfg.batch_size) == ("on", "smart_alt", 3e-4, 4)
+    assert cfg.max_train == base()["max_train"]  # not searched: stays at the base value
+
+
+def test_resolve_rejects_unknown_variants_and_invalid_values():
+    sweep = Sweep(base(), [Variant(SLF_ALT)])
+    with pytest.raises(KeyError, match="unknown variant"):
+        sweep.resolve({"variant": "smart=bogus"})
+    with pytest.raises(ConfigError, match="dropout"):
+        sweep.resolve({"variant": Variant(SLF_ALT).name, "dropout": 1.5})
+
+
+def test_to_plain_turns_numpy_into_weights_only_types_and_names_the_culprit():
+    state = {"best": np.float64(0.5), "n": np.int64(3), "curve": np.arange(3.0), "ok": [1, "a"]}
+    plain = to_plain(state)
+    assert type(plain["best"]) is float and type(plain["n"]) is int
+    assert torch.equal(plain["curve"], torch.arange(3.0, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"state\['inner'\]\['obj'\]"):
+        to_plain({"inner": {"obj": object()}})
+
+
+def test_checkpoint_loads_with_weights_only_and_resumes_the_run(tmp_path):
+    cfg = tiny_config(epochs=2, **SLF_ALT)  # smart_alt + SLF: strategy state to keep
+    run = TrainingRun(cfg, backbone=tiny_backbone())
+    report = run.train_epoch()
+    run.strategy.end_epoch(0, np.float64(0.4))  # a numpy score must not break the checkpoint
+    save_checkpoint(run, tmp_path, {"started_at": "2025-01-01T00:00:00+00:00"})
+    torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)  # raises on non-tensor objects
+
+    fresh = TrainingRun(cfg, backbone=tiny_backbone(seed=1))
+    meta = load_checkpoint(fresh, tmp_path)
+    assert meta["started_at"].startswith("2025")
+    assert fresh.epoch == report.epoch == 1
+    assert fresh.strategy.state_dict() == to_plain(run.strategy.state_dict())
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, fresh.model.state_dict()[k]), k
+    # both continue identically: same optimizer/scheduler/RNG state
+    assert run.train_epoch().train_loss == pytest.approx(fresh.train_epoch().train_loss, rel=1e-5)
+
+
+def test_epoch_result_counts_main_epochs_without_the_slf_warmup():
+    run = TrainingRun(
+        tiny_config(epochs=1, **{**SLF_ALT, "strategy": "joint"}), backbone=tiny_backbone()
+    )
+    rows = []
+    run.fit(lambda rep: rows.append(epoch_result(run, rep, run.strategy.num_epochs)))
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["main_epoch"] for r in rows] == [0, 1]  # the SLF epoch is not an ASHA step
+    assert rows[0]["phase"] == "slf" and rows[-1]["epochs_planned"] == 2
+    assert {"dev_score", "sst_acc", "avg_exit_layer", "layer_scores", "diverged"} <= set(rows[0])
+
+
+def test_diverged_flag_is_reported():
+    run = TrainingRun(tiny_config(epochs=2, test_fault="nan@1"), backbone=tiny_backbone())
+    rows = []
+    run.fit(lambda rep: rows.append(epoch_result(run, rep, 2)))
+    assert len(rows) == 1 and rows[0]["diverged"] is True  # fit stops after a non-finite loss
+
+
+def test_config_defaults_are_the_single_source_for_unsearched_values():
+    sweep = Sweep({"data_dir": None}, [Variant({k: getattr(Config(), k) for k in SLF_ALT})])
+    cfg = sweep.resolve({"variant": sweep.variants[0].name})
+    assert (cfg.lr, cfg.batch_size, cfg.dropout) == (Config.lr, Config.batch_size, Config.dropout)
