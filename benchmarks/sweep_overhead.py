@@ -1,0 +1,155 @@
+"""Sweep overhead: N trials through ``sweeps/run.py`` against the same N configurations
+trained directly, one after another, in one plain Python process.
+
+Both sides run as fresh processes (interpreter start-up and imports count on both), at
+concurrency 1, on the same data and backbone; the direct side trains exactly the
+configurations the sweep's trials used (read back from ``trials.parquet``), with the same
+per-epoch evaluation. Also reported: the driver's start-up to first trial, from launching
+``sweeps/run.py`` to the first trial's ``started_at``.
+
+    python benchmarks/sweep_overhead.py [--quick] [--trials N] [--data-dir DIR]
+
+Last line: ``wall-clock ratio sweep/direct: R``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float]:
+    """Run the sweep; return (total wall seconds, seconds from launch to first trial)."""
+    data = ["--data-dir", args.data_dir] if args.data_dir else ["--data", "demo"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "sweeps" / "run.py"),
+        "--search",
+        "lr,dropout",
+        *data,
+        "--num-samples",
+        str(args.trials),
+        "--epochs",
+        str(args.epochs),
+        "--max-train",
+        str(args.max_train),
+        "--max-dev",
+        str(args.max_dev),
+        "--max-concurrent",
+        "1",
+        "--cpus-per-trial",
+        str(args.cpus),
+        "--scheduler",
+        "fifo",
+        "--name",
+        "overhead",
+        "--results",
+        str(results),
+    ]
+    launched = datetime.now(timezone.utc)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    total = time.perf_counter() - start
+    import pandas as pd
+
+    trials = pd.read_parquet(results / "overhead" / "trials.parquet")
+    first = trials["started_at"].min().to_pydatetime()
+    return total, (first - launched).total_seconds()
+
+
+def trial_configs(results: Path) -> list[dict]:
+    """The Config fields of every trial the sweep ran."""
+    import pandas as pd
+
+    from berter.config import Config
+
+    names = {f.name for f in dataclasses.fields(Config)}
+    trials = pd.read_parquet(results / "overhead" / "trials.parquet")
+    configs = []
+    for row in trials.to_dict("records"):
+        cfg = {}
+        for k, v in row.items():
+            if k in names and k not in ("model", "data_dir"):
+                if isinstance(v, float) and math.isnan(v):
+                    v = None
+                cfg[k] = v.item() if hasattr(v, "item") else v
+        configs.append(cfg)
+    return configs
+
+
+def direct(configs_file: str, data_dir: str | None, threads: int) -> None:
+    """Child process: load the data once, train every configuration in turn."""
+    import torch
+
+    from berter.config import Config
+    from berter.data import load_data
+    from berter.train import TrainingRun
+
+    torch.set_num_threads(threads)
+    configs = json.loads(Path(configs_file).read_text())
+    first = Config.from_dict({**configs[0], "data_dir": data_dir})
+    data = load_data(
+        first.data_dir,
+        first.tasks,
+        max_train=first.max_train,
+        max_dev=first.max_dev,
+        seed=first.seed,
+        calib_fraction=first.calib_fraction,
+        calib_max=first.calib_max,
+    )
+    for values in configs:
+        TrainingRun(Config.from_dict({**values, "data_dir": data_dir}), data).fit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 trials on 100 examples per task")
+    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--data-dir", default=None, help="CS224N data (default: demo set)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-train", type=int, default=None)
+    parser.add_argument("--max-dev", type=int, default=None)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs per trial (and direct threads)")
+    parser.add_argument("--direct", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.direct:
+        direct(args.direct, args.data_dir, args.cpus)
+        return
+    args.trials = args.trials or (4 if args.quick else 8)
+    args.max_train = args.max_train or (100 if args.quick else 300)
+    args.max_dev = args.max_dev or (64 if args.quick else 200)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp)
+        sweep_s, startup_s = run_sweep(args, results)
+        configs = trial_configs(results)
+        cfg_file = results / "configs.json"
+        cfg_file.write_text(json.dumps(configs))
+        cmd = [sys.executable, __file__, "--direct", str(cfg_file), "--cpus", str(args.cpus)]
+        if args.data_dir:
+            cmd += ["--data-dir", args.data_dir]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        direct_s = time.perf_counter() - start
+
+    print(
+        f"trials: {len(configs)} x {args.epochs} epoch(s), {args.max_train} train / "
+        f"{args.max_dev} dev per task, concurrency 1, {args.cpus} CPU(s)"
+    )
+    print(f"sweeps/run.py: {sweep_s:.1f} s; direct in one process: {direct_s:.1f} s")
+    print(f"driver start-up to first trial: {startup_s:.1f} s")
+    print(f"wall-clock ratio sweep/direct: {sweep_s / direct_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()
