@@ -1,0 +1,341 @@
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_backbone, tiny_config
+
+from berter.data import TASKS, Example, encode, get_tokenizer, make_batches
+from berter.exits import (
+    EXIT_METHODS,
+    Curve,
+    ExitContext,
+    QExit,
+    build_exit_method,
+    choose,
+    operating_point,
+)
+from berter.losses import task_loss
+from berter.model import ExitOutput, MultiExitBert
+from berter.train import Evaluation, TaskEval
+
+SST, PARA, STS = TASKS["sst"], TASKS["para"], TASKS["sts"]
+
+
+def method(name: str, **cfg):
+    return build_exit_method(tiny_config(strategy="joint", exit_method=name, **cfg))
+
+
+def exit_layers(m, ctx, logits, param, pooled=None):
+    """0-based exit layer per example from hand-made per-layer outputs."""
+    pooled = pooled or [torch.zeros(len(x), 4) for x in logits]
+    return m.exit_layers(m.layer_signals(ctx, logits, pooled), param).tolist()
+
+
+def sst_logits(*probs_per_layer):
+    """Per layer, logits whose softmax is the given distribution per example."""
+    return [torch.tensor(p, dtype=torch.float32).log() for p in probs_per_layer]
+
+
+# ----------------------------------------------------------------------------- exit rules
+def test_registry_holds_every_method():
+    expected = {"none", "confidence", "entropy", "lte", "patience", "qexit", "berter"}
+    assert set(EXIT_METHODS) == expected
+
+
+def test_confidence_exits_at_the_first_layer_reaching_the_threshold():
+    ctx = ExitContext(SST, 3)
+    logits = sst_logits(
+        [[0.95, 0.05, 0, 0, 0], [0.5, 0.5, 0, 0, 0]],
+        [[0.5, 0.5, 0, 0, 0], [0.2, 0.8, 0, 0, 0]],
+        [[0.5, 0.5, 0, 0, 0], [0.5, 0.5, 0, 0, 0]],
+    )
+    m = method("confidence")
+    assert exit_layers(m, ctx, logits, 0.9) == [0, 2]
+    assert exit_layers(m, ctx, logits, 0.8) == [0, 1]
+    assert exit_layers(m, ctx, logits, None) == [2, 2]
+
+
+def test_paraphrase_confidence_is_max_of_p_and_one_minus_p():
+    ctx = ExitContext(PARA, 2)
+    p = torch.tensor([0.05, 0.6])
+    logits = [torch.log(p / (1 - p)), torch.zeros(2)]
+    sig = method("confidence").layer_signals(ctx, logits, [torch.zeros(2, 4)] * 2)
+    assert torch.allclose(sig[0], torch.tensor([0.95, 0.6]), atol=1e-6)
+    assert exit_layers(method("confidence"), ctx, logits, 0.9) == [0, 1]
+
+
+def test_confidence_and_entropy_never_exit_early_on_regression():
+    ctx = ExitContext(STS, 3)
+    logits = [torch.tensor([1.0, 4.0])] * 3
+    for name, param in (("confidence", 0.0), ("entropy", 10.0)):
+        assert exit_layers(method(name), ctx, logits, param) == [2, 2]
+        assert method(name).grid(STS, 3) == []
+
+
+def test_entropy_exits_when_entropy_falls_to_the_threshold():
+    ctx = ExitContext(SST, 2)
+    logits = sst_logits([[0.97, 0.01, 0.01, 0.005, 0.005], [0.2] * 5], [[0.2] * 5, [0.2] * 5])
+    m = method("entropy")
+    sig = m.layer_signals(ctx, logits, [torch.zeros(2, 4)] * 2)
+    assert sig[0, 1].item() == pytest.approx(math.log(5), abs=1e-5)
+    assert exit_layers(m, ctx, logits, 0.2) == [0, 1]
+    assert all(t < math.log(5) for t in m.grid(SST, 2))
+
+
+def test_lte_exits_when_learned_certainty_reaches_the_threshold():
+    m = method("lte")
+    module = m.build_module(4, [STS])
+    with torch.no_grad():
+        module["sts"].weight.copy_(torch.tensor([[1.0, 0, 0, 0]]))
+        module["sts"].bias.zero_()
+    ctx = ExitContext(STS, 3, module)
+    pooled = [
+        torch.tensor([[2.0, 0, 0, 0], [-2.0, 0, 0, 0]]),
+        torch.tensor([[0.0] * 4, [3.0, 0, 0, 0]]),
+    ]
+    pooled.append(torch.zeros(2, 4))
+    logits = [torch.zeros(2)] * 3
+    # u = sigmoid(2) = 0.88 for example 0 at layer 1; sigmoid(3) = 0.95 for example 1 at layer 2
+    assert exit_layers(m, ctx, logits, 0.85, pooled) == [0, 1]
+    assert exit_layers(m, ctx, logits, 0.9, pooled) == [2, 1]
+
+
+def test_patience_needs_that_many_consecutive_agreements():
+    ctx = ExitContext(SST, 5)
+    a, b = [0.9, 0.1, 0, 0, 0], [0.1, 0.9, 0, 0, 0]
+    # example 0: a a a ... agrees from layer 2; example 1: a b b b b agrees from layer 3
+    logits = sst_logits([a, a], [a, b], [a, b], [a, b], [a, b])
+    m = method("patience")
+    assert exit_layers(m, ctx, logits, 1) == [1, 2]
+    assert exit_layers(m, ctx, logits, 2) == [2, 3]
+    assert exit_layers(m, ctx, logits, 4) == [4, 4]
+    assert m.grid(SST, 5) == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_patience_on_regression_uses_the_delta():
+    ctx = ExitContext(STS, 4)
+    logits = [torch.tensor(v) for v in ([1.0, 1.0], [1.1, 2.0], [1.15, 3.0], [1.0, 1.0])]
+    m = method("patience", regression_delta=0.2)
+    assert exit_layers(m, ctx, logits, 2) == [2, 3]
+
+
+def constant_lambda_module(lam: float, hidden: int = 4):
+    """A Lambda module whose halting probability is lam at every layer."""
+    module = QExit(tiny_config()).build_module(hidden, [SST])
+    last = module["sst"].net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(math.log(lam / (1 - lam)))
+    return module
+
+
+def test_qexit_signal_is_the_cumulative_halting_probability():
+    m = method("qexit")
+    ctx = ExitContext(SST, 4, constant_lambda_module(0.3))
+    logits = [torch.zeros(1, 5)] * 4
+    sig = m.layer_signals(ctx, logits, [torch.randn(1, 4) for _ in range(4)])
+    expected = [1 - 0.7, 1 - 0.7**2, 1 - 0.7**3, 1.0]
+    assert torch.allclose(sig[:, 0], torch.tensor(expected), atol=1e-6)
+    assert exit_layers(m, ctx, logits, 0.5) == [1]  # 0.51 > 0.5 at layer 2
+    assert exit_layers(m, ctx, logits, 0.25) == [0]
+
+
+def test_berter_uses_confidence_for_classification_and_lte_for_regression():
+    m = method("berter")
+    module = m.build_module(4, [SST, PARA, STS])
+    assert set(module.keys()) == {"sts"}
+    with torch.no_grad():
+        module["sts"].weight.fill_(0.0)
+        module["sts"].bias.fill_(3.0)  # u = 0.95 everywhere
+    sst_ctx, sts_ctx = ExitContext(SST, 2, module), ExitContext(STS, 2, module)
+    sst = sst_logits([[0.95, 0.05, 0, 0, 0]], [[0.5, 0.5, 0, 0, 0]])
+    assert exit_layers(m, sst_ctx, sst, 0.9) == [0]
+    assert exit_layers(m, sts_ctx, [torch.zeros(1)] * 2, 0.9) == [0]
+    assert exit_layers(m, sts_ctx, [torch.zeros(1)] * 2, 0.99) == [1]
+
+
+def test_siamese_paraphrase_confidence_is_the_margin_to_the_calibrated_threshold():
+    ctx = ExitContext(PARA, 2, siamese=True, cos_threshold=torch.tensor([0.6, 0.5]))
+    cos = [torch.tensor([0.6, 1.0, -0.2]), torch.zeros(3)]
+    sig = method("confidence").layer_signals(ctx, cos, [torch.zeros(3, 4)] * 2)
+    assert torch.allclose(sig[0], torch.tensor([0.5, 0.7, 0.9]), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- training losses
+@pytest.fixture(scope="module")
+def tiny_model_and_batches():
+    cfg = tiny_config(strategy="joint", exit_method="qexit")
+    tasks = [TASKS[t] for t in cfg.tasks]
+    tok = get_tokenizer("packaged")
+    pairs = [
+        Example("a", "a cat sat on the mat", "the cat is sitting on a mat", 1),
+        Example("b", "stocks fell sharply today", "it will rain tomorrow", 0),
+        Example("c", "hello there", "hello there my good old friend", 1),
+    ]
+    batches = {}
+    for t in tasks:
+        ex = pairs if t.is_pair else [Example(e.id, e.text_a, None, i) for i, e in enumerate(pairs)]
+        if t.is_regression:
+            ex = [Example(e.id, e.text_a, e.text_b, 3.5 * e.label + 0.5) for e in ex]
+        enc = encode(ex, t, tok, 32, "separate" if t.is_pair else "packed")
+        batches[t.name] = make_batches(enc, 8, shuffle=False, seed=0)[0]
+    return tasks, batches
+
+
+def build(name: str, tasks):
+    cfg = tiny_config(strategy="joint", exit_method=name)
+    return cfg, MultiExitBert.from_config(cfg, tasks, backbone=tiny_backbone())
+
+
+@pytest.mark.parametrize("name", ["lte", "qexit", "berter"])
+@pytest.mark.parametrize("task", ["sst", "para", "sts"])
+def test_learned_exit_losses_are_finite_and_reach_module_and_backbone(
+    tiny_model_and_batches, name, task
+):
+    tasks, batches = tiny_model_and_batches
+    cfg, model = build(name, tasks)
+    m = build_exit_method(cfg)
+    batch = batches[task]
+    outs = model(batch)
+    loss = m.training_loss(
+        model.tasks[task], outs, batch.labels, tuple(range(model.num_layers)), model.exit_module
+    )
+    assert torch.isfinite(loss)
+    loss.backward()
+    layer0 = model.bert.encoder.layer[0].attention.self.query.weight.grad
+    assert layer0 is not None and layer0.abs().sum() > 0
+    if name == "berter" and task != "sts":
+        assert task not in model.exit_module  # classification: confidence, no module
+        return
+    grads = [p.grad for p in model.exit_module[task].parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_lte_loss_is_task_loss_plus_certainty_mse(tiny_model_and_batches):
+    tasks, batches = tiny_model_and_batches
+    cfg, model = build("lte", tasks)
+    m = build_exit_method(cfg)
+    batch = batches["sts"]
+    with torch.no_grad():
+        outs = model.eval()(batch)
+        loss = m.training_loss(STS, outs, batch.labels, (1,), model.exit_module)
+        u = torch.sigmoid(model.exit_module["sts"](outs[1].pooled).squeeze(-1))
+        target = 1 - torch.tanh((outs[1].logits - batch.labels).abs())
+        expected = task_loss(STS, outs[1], batch.labels) + ((u - target) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_qexit_on_a_single_trained_exit_is_the_plain_task_loss(tiny_model_and_batches):
+    tasks, batches = tiny_model_and_batches
+    cfg, model = build("qexit", tasks)
+    m = build_exit_method(cfg)
+    batch = batches["sst"]
+    outs = model(batch)
+    last = model.num_layers - 1
+    loss = m.training_loss(SST, outs, batch.labels, (last,), model.exit_module)
+    assert loss.item() == pytest.approx(task_loss(SST, outs[last], batch.labels).item(), rel=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in model.exit_module.parameters())
+
+
+def test_qexit_kl_vanishes_when_halting_matches_the_prior(tiny_model_and_batches):
+    tasks, batches = tiny_model_and_batches
+    cfg = tiny_config(strategy="joint", exit_method="qexit", qexit_prior=0.1, qexit_beta=0.5)
+    model = MultiExitBert.from_config(cfg, tasks, backbone=tiny_backbone())
+    model.exit_module = constant_lambda_module(0.1, hidden=32)
+    m = build_exit_method(cfg)
+    batch = batches["sst"]
+    with torch.no_grad():
+        outs = model.eval()(batch)
+        loss = m.training_loss(SST, outs, batch.labels, (0, 1, 2), model.exit_module)
+        prior = torch.tensor([0.1, 0.09, 0.81])
+        ce = torch.nn.functional.cross_entropy
+        per_layer = torch.stack([ce(o.logits, batch.labels, reduction="none") for o in outs])
+        expected = (prior[:, None] * per_layer).sum(0).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_halting_distribution_sums_to_one():
+    z = torch.randn(5, 7)
+    assert torch.allclose(QExit.log_halting(z).exp().sum(0), torch.ones(7), atol=1e-6)
+
+
+def test_patience_loss_weights_exits_by_depth():
+    m = method("patience")
+    labels = torch.tensor([0, 1])
+    outs = [ExitOutput(torch.randn(2, 5), torch.zeros(2, 4)) for _ in range(4)]
+    losses = [task_loss(SST, o, labels) for o in outs]
+    got = m.training_loss(SST, outs, labels, (0, 1, 2, 3), None)
+    weighted = (1 * losses[0] + 2 * losses[1] + 3 * losses[2] + 4 * losses[3]) / 10
+    assert got.item() == pytest.approx(weighted.item())
+    only_some = m.training_loss(SST, outs, labels, (1, 3), None)
+    assert only_some.item() == pytest.approx(((2 * losses[1] + 4 * losses[3]) / 6).item())
+
+
+# ----------------------------------------------------------------------------- operating point
+def test_choose_takes_the_fastest_setting_within_tolerance():
+    curve = Curve([0.5, 0.7, 0.9], metrics=[0.80, 0.895, 0.91], avg_layers=[1.5, 2.5, 4.0])
+    assert choose(curve, final=0.90, tolerance=0.01) == 0.7
+    assert choose(curve, final=0.90, tolerance=0.15) == 0.5
+    assert choose(curve, final=0.95, tolerance=0.01) is None
+
+
+def task_eval(task, labels, probs_per_layer):
+    logits = [torch.tensor(p, dtype=torch.float32).log() for p in probs_per_layer]
+    preds = [lg.argmax(-1).numpy() for lg in logits]
+    gold = np.asarray(labels, dtype=np.float64)
+    metrics = [float((p == gold).mean()) for p in preds]
+    pooled = [torch.zeros(len(labels), 4) for _ in logits]
+    return TaskEval(task, gold, logits, pooled, preds, metrics)
+
+
+def fake_run(cfg, evaluate):
+    """Just what operating_point reads from a TrainingRun: a 3-layer SST model, no modules."""
+    model = SimpleNamespace(
+        num_layers=3, exit_module=None, siamese=False, cos_threshold=torch.full((3,), 0.5)
+    )
+    return SimpleNamespace(
+        method=build_exit_method(cfg), cfg=cfg, tasks=[SST], model=model, evaluate=evaluate
+    )
+
+
+def test_operating_point_is_chosen_on_calibration_data_not_dev():
+    sure_a, sure_b, unsure_b = [0.95, 0.05, 0, 0, 0], [0.05, 0.95, 0, 0, 0], [0.3, 0.7, 0, 0, 0]
+    # calibration: layer 1 is confident and right, so exiting there costs nothing
+    calib = task_eval(SST, [0, 1], [[sure_a, sure_b], [sure_a, sure_b], [sure_a, sure_b]])
+    # dev: layer 1 is confident and wrong on example 0; the last layer is right
+    dev = task_eval(SST, [1, 1], [[sure_a, sure_b], [unsure_b, sure_b], [unsure_b, sure_b]])
+    splits = []
+
+    def evaluate(split):
+        splits.append(split)
+        return Evaluation({"sst": calib}, 3)
+
+    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",))
+    run = fake_run(cfg, evaluate)
+    row = operating_point(run, Evaluation({"sst": dev}, 3))
+    assert splits == ["calib"]
+    assert row["sst_exit_layer"] == 1.0 and row["avg_exit_layer"] == 1.0
+    assert row["layers_saved"] == pytest.approx(2 / 3)
+    assert row["sst_acc_exit"] == 0.5  # dev pays for the calibration choice
+    assert row["sst_threshold"] <= 0.95
+    table = [r for r in row["exit_table"] if r["task"] == "sst"]
+    assert len(table) == len(run.method.grid(SST, 3))
+    assert {"task", "exit_method", "threshold", "metric", "avg_exit_layer"} <= set(table[0])
+    # a fixed threshold skips calibration
+    run.cfg = cfg.replace(exit_threshold=0.99)
+    splits.clear()
+    fixed = operating_point(run, Evaluation({"sst": dev}, 3))
+    assert splits == [] and fixed["sst_threshold"] == 0.99 and fixed["sst_exit_layer"] == 3.0
+
+
+def test_none_reports_the_last_layer_and_a_fixed_layer_curve():
+    dev = task_eval(SST, [0, 1], [[[0.9, 0.1, 0, 0, 0]] * 2] * 3)
+    cfg = tiny_config(tasks=("sst",))
+    run = fake_run(cfg, evaluate=None)
+    row = operating_point(run, Evaluation({"sst": dev}, 3))
+    assert row["avg_exit_layer"] == 3.0 and row["layers_saved"] == 0.0
+    assert math.isnan(row["sst_threshold"])
+    assert [r["avg_exit_layer"] for r in row["exit_table"]] == [1.0, 2.0, 3.0]
