@@ -338,6 +338,7 @@ class ResultsWriter(tune.Callback):
         self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
         self.exits: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.last: dict[str, dict[str, Any]] = {}
+        self.pruned = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -358,6 +359,23 @@ class ResultsWriter(tune.Callback):
             self.epochs[(row["trial_id"], row["epoch"])] = row
         for row in _pylist(store.read_table(FILES["exits"]) or EXIT_SCHEMA.empty_table()):
             self.exits.setdefault((row["trial_id"], row["epoch"]), []).append(row)
+
+    def prune(self, known: set[str]) -> None:
+        """Drop rows of trials the restored experiment does not know: a driver killed before
+        Ray's next experiment snapshot leaves rows of trials that started after the last one;
+        the searcher replaces those trials, so each planned trial appears exactly once."""
+        self.pruned = True
+        lost = set(self.trials) - known
+        if not lost:
+            return
+        self.trials = {k: v for k, v in self.trials.items() if k not in lost}
+        self.epochs = {k: v for k, v in self.epochs.items() if k[0] not in lost}
+        self.exits = {k: v for k, v in self.exits.items() if k[0] not in lost}
+        self.flush()
+        self._say(
+            f"resume: dropped {len(lost)} trial(s) that started after Ray's last experiment "
+            "snapshot; new trials replace them"
+        )
 
     # -- rows
     def _base_row(self, trial: Any) -> dict[str, Any]:
@@ -408,6 +426,10 @@ class ResultsWriter(tune.Callback):
             print(msg, flush=True)
 
     # -- Tune hooks
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.pruned:  # the first step: ``trials`` are exactly the restored ones
+            self.prune({t.trial_id for t in trials})
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._base_row(trial)
         row["status"] = "running"
@@ -453,6 +475,10 @@ class ResultsWriter(tune.Callback):
         planned = row.get("epochs_planned") or last.get("epochs_planned")
         if last.get("diverged"):
             row["status"] = "diverged"
+            row["error"] = (
+                f"training loss is {last.get('train_loss')} in epoch {last.get('epoch')} "
+                "(non-finite: diverged)"
+            )
         elif planned is not None and (row.get("epochs_done") or 0) < planned:
             row["status"] = "stopped-early"
         else:
@@ -471,6 +497,9 @@ class ResultsWriter(tune.Callback):
         self._refresh(trial.trial_id)
         self.flush()
         self._say(f"[{trial}] error: {row['error']}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(f"[{trial}] failed: {error_message(trial)}; retrying from its last checkpoint")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.flush()

@@ -139,6 +139,76 @@ def parse_search(spec: str) -> list[Param]:
     return [p for p in SPACE if p.name in names]
 
 
+def _settable(item: str, option: str) -> tuple[Param, str]:
+    """``"lr=2e-5"`` -> (the lr Param, "2e-5"), for --set and --range."""
+    name, sep, value = item.partition("=")
+    name = ALIASES.get(name.strip(), name.strip())
+    param = BY_NAME.get(name)
+    if not sep or param is None or param.kind == "axis" or not value.strip():
+        names = ", ".join(p.name for p in SPACE if p.kind != "axis")
+        raise ConfigError(f"{option} {item!r}: give NAME=VALUE with NAME one of {names}")
+    return param, value.strip()
+
+
+def _typed(param: Param, raw: str, option: str) -> Any:
+    """A --set / --range value as the Config field's type."""
+    kind = type(param.choices[0]) if param.kind == "choice" else None
+    try:
+        if param.kind == "int" or kind is int:
+            value = float(raw)
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is str:
+            return raw
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError
+        return value
+    except ValueError:
+        want = "an integer" if param.kind == "int" or kind is int else "a number"
+        raise ConfigError(f"{option} {param.name}: {raw!r} is not {want}") from None
+
+
+def parse_settings(items: list[str] | None, searched: list[Param]) -> dict[str, Any]:
+    """``--set lr=2e-5 --set batch=32`` -> fixed Config values for every trial, validated."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        param, raw = _settable(item, "--set")
+        if param in searched:
+            raise ConfigError(f"--set {param.name} conflicts with --search {param.name}")
+        value = _typed(param, raw, "--set")
+        try:
+            Config().replace(**{param.field: value})
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {exc}") from None
+        out[param.field] = value
+    return out
+
+
+def apply_ranges(params: list[Param], items: list[str] | None) -> list[Param]:
+    """``--range lr=1e-5:1e-3 --range batch=8|16`` replaces searched names' default ranges."""
+    by_name = {p.name: p for p in params}
+    for item in items or []:
+        param, raw = _settable(item, "--range")
+        if param.name not in by_name:
+            raise ConfigError(f"--range {param.name}: add {param.name} to --search to search it")
+        if param.kind == "choice":
+            choices = tuple(_typed(param, c.strip(), "--range") for c in raw.split("|"))
+            by_name[param.name] = dataclasses.replace(param, choices=choices)
+            continue
+        low, sep, high = raw.partition(":")
+        if not sep:
+            raise ConfigError(f"--range {item!r}: give {param.name}=LOW:HIGH")
+        lo, hi = _typed(param, low, "--range"), _typed(param, high, "--range")
+        if not lo < hi:
+            raise ConfigError(f"--range {item}: LOW must be below HIGH")
+        if param.kind == "loguniform" and lo <= 0:
+            raise ConfigError(f"--range {item}: a log-uniform range needs LOW > 0")
+        by_name[param.name] = dataclasses.replace(param, low=lo, high=hi)
+    return [by_name[p.name] for p in params]
+
+
 def with_epoch_bound(params: list[Param], max_epochs: int | None) -> list[Param]:
     """A searched ``epochs`` ranges over [1, --epochs] when --epochs is given."""
     if max_epochs is None:
@@ -187,12 +257,33 @@ def _variant(d: dict[str, str]) -> Variant:
     return Variant({k: d[k] for k in AXES}, d.get("preset"))
 
 
+def _select(spec: str) -> list[dict[str, str]]:
+    """``select_variants``, but a filter naming one invalid combination says why it is invalid
+    (``strategy=final,exit=lte``: the conflict, not just "matches no variant")."""
+    from berter.variants import parse_filter, select_variants, validate_axes
+
+    try:
+        return select_variants(spec)
+    except ConfigError as exc:
+        if "matches no variant" not in str(exc):
+            raise
+        wanted = parse_filter(spec)
+        if all(len(v) == 1 for v in wanted.values()):
+            axes = {a: getattr(Config(), a) for a in AXES}
+            axes.update({k: next(iter(v)) for k, v in wanted.items()})
+            try:
+                validate_axes(axes)
+            except ConfigError as why:
+                raise ConfigError(f"{exc}: {why}") from None
+        raise
+
+
 def candidate_variants(spec: str | None, searched_axes: list[str], base: Config) -> list[Variant]:
     """The variants a sweep runs over (see the module docstring); each is valid with ``base``."""
-    from berter.variants import all_variants, preset_of, select_variants
+    from berter.variants import all_variants, preset_of
 
     default = {k: getattr(Config(), k) for k in AXES}
-    selected = select_variants(spec) if spec else [{**default}]
+    selected = _select(spec) if spec else [{**default}]
     if not searched_axes:
         chosen = selected
     else:

@@ -33,8 +33,10 @@ from berter.search import (
     Param,
     SearchSpace,
     Variant,
+    apply_ranges,
     candidate_variants,
     parse_search,
+    parse_settings,
     round_robin_points,
     space_help,
     with_epoch_bound,
@@ -47,8 +49,8 @@ DEFAULT_NUM_SAMPLES = 16
 SUMMARY_ROWS = 5
 # Options that define a sweep; --resume takes them from sweep.json.
 SWEEP_OPTIONS = (
-    "search", "variants", "data_dir", "data", "tasks", "model", "num_samples", "epochs",
-    "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
+    "search", "set", "range", "variants", "data_dir", "data", "tasks", "model", "num_samples",
+    "epochs", "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
     "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures",
 )  # fmt: skip
 OBJECTIVE_MODES = {
@@ -61,6 +63,8 @@ OBJECTIVE_MODES = {
 EPILOG = f"""\
 searchable names (--search), default = the Config default, with its range when searched:
 {space_help()}
+--set NAME=VALUE fixes a name for every trial (--set lr=2e-5 --set batch=32); --range
+NAME=LOW:HIGH (a choice: NAME=A|B) replaces a searched name's range (--range lr=1e-5:1e-3).
 The BERTer paper's best setting is lr 1.3e-5, batch 16, dropout 0.3, 5 epochs; the lr
 default is {Config.lr:g} because the packaged 6-layer backbone learns too slowly at 1.3e-5
 in a few epochs.
@@ -101,6 +105,18 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--search", help="comma-separated names to search (see below), e.g. lr,batch,dropout"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="fix a name for every trial, e.g. --set lr=2e-5 (repeatable)",
+    )
+    p.add_argument(
+        "--range",
+        action="append",
+        metavar="NAME=LOW:HIGH",
+        help="search a name over this range, e.g. --range lr=1e-5:1e-3, --range batch=8|16",
     )
     p.add_argument(
         "--variants", help='"paper", "all", a preset name, or a filter "smart=para,exit=lte"'
@@ -145,7 +161,12 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
         "--address", help="join a Ray cluster: auto (on the head node) or ray://host:10001"
     )
     p.add_argument("--seed", type=int, help="seed of the searcher and of every trial (default 0)")
-    p.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial")
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=0,
+        help="retries of a failed trial (a crash, a lost node), each from its last checkpoint",
+    )
     return p  # fmt: skip
 
 
@@ -313,6 +334,9 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
     params = parse_search(args.search)
     searched_axes = [BY_NAME[p.name].field for p in params if p.kind == "axis"]
     hyper = [p for p in params if p.kind != "axis"]
+    settings = parse_settings(args.set, params)
+    if "epochs" in settings and args.epochs is not None:
+        raise ConfigError("--set epochs conflicts with --epochs; give one")
     for opt in ("num_samples", "epochs", "max_train", "max_dev", "max_len", "max_concurrent"):
         value = getattr(args, opt)
         if value is not None and value < 1:
@@ -352,17 +376,21 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
     notes = []
     defaults = DEMO_DEFAULTS if is_demo else {"num_samples": DEFAULT_NUM_SAMPLES}
     num_samples = args.num_samples or defaults["num_samples"]
-    epochs = args.epochs or defaults.get("epochs") or Config().epochs
+    epochs = args.epochs or settings.get("epochs") or defaults.get("epochs") or Config().epochs
     max_train = args.max_train or defaults.get("max_train")
     if is_demo:
-        used = {"num-samples": args.num_samples, "epochs": args.epochs, "max-train": args.max_train}
+        used = {
+            "num-samples": args.num_samples,
+            "epochs": args.epochs or settings.get("epochs"),
+            "max-train": args.max_train,
+        }
         filled = {k: v for k, v in DEMO_DEFAULTS.items() if used[k.replace("_", "-")] is None}
         if filled:
             shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
             notes.append(f"demo defaults: {shown} (pass them to change)")
 
     base_values: dict[str, Any] = {
-        "data_dir": data_dir, "tasks": tasks, "epochs": epochs, "max_train": max_train,
+        **settings, "data_dir": data_dir, "tasks": tasks, "epochs": epochs, "max_train": max_train,
     }  # fmt: skip
     for opt in ("max_dev", "max_len", "model", "seed"):
         if getattr(args, opt) is not None:
@@ -375,7 +403,7 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
             f"only {num_samples} of the {len(variants)} variants get a trial; "
             f"--num-samples {len(variants)} runs each once"
         )
-    hyper = with_epoch_bound(hyper, args.epochs)
+    hyper = apply_ranges(with_epoch_bound(hyper, args.epochs), args.range)
     for p in hyper:  # both ends of every searched range must make a valid Config
         for value in (p.low, p.high) if p.kind != "choice" else p.choices:
             try:
@@ -504,7 +532,8 @@ def start_ray(address: str | None) -> None:
     else:
         import torch
 
-        ray.init(
+        ray.init(  # "local": a private instance, never a cluster `ray start` left running here
+            address="local",
             num_cpus=os.cpu_count() or 1,
             num_gpus=torch.cuda.device_count(),
             include_dashboard=False,
@@ -534,10 +563,12 @@ def build_tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from berter.results import ResultsWriter
-    from berter.trainable import Sweep, trainable_with_resources
+    from berter.trainable import FAULT_DIR, Sweep, trainable_with_resources
 
     variants = plan.variant_objs
-    sweep = Sweep(plan.base, variants)
+    faults = injected_faults(plan)
+    fault_dir = f"{plan.directory}/{FAULT_DIR}" if faults else None
+    sweep = Sweep(plan.base, variants, faults=faults, fault_dir=fault_dir)
     trainable = trainable_with_resources(data, sweep, plan.cpus_per_trial, plan.gpus_per_trial)
     if resume:
         from ray.tune import Tuner
@@ -596,6 +627,40 @@ def build_tuner(
     )
 
 
+def injected_faults(plan: Plan) -> tuple[str, ...]:
+    """BERTER_TEST_FAULT's entries (test-only, see berter.trainable); they need a local results
+    directory, where the trials claim them."""
+    from berter.results import is_uri
+    from berter.trainable import FAULT_ENV, faults_from_env
+
+    faults = faults_from_env()
+    if faults and is_uri(plan.directory):
+        raise ConfigError(f"{FAULT_ENV} needs a local --results directory")
+    return faults
+
+
+def disk_usage(directory: str) -> int:
+    """Bytes under a sweep's results directory (local or s3:// / gs://)."""
+    from berter.results import Store
+
+    store = Store(directory)
+    if store.local is not None:
+        files = (p for p in store.local.rglob("*") if p.is_file() and not p.is_symlink())
+        return sum(p.stat().st_size for p in files)
+    import pyarrow.fs as pafs
+
+    infos = store.fs.get_file_info(pafs.FileSelector(store.path, recursive=True))
+    return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def summary(plan: Plan) -> tuple[str, bool]:
     """The end-of-sweep text (best trials or Pareto front) and whether the sweep finished."""
     import pandas as pd
@@ -631,6 +696,8 @@ def summary(plan: Plan) -> tuple[str, bool]:
             lines.append(f"best trials by {plan.objective[0]}:")
             lines.append(best[cols].to_string(index=False))
     lines.append(f"results: {plan.directory}/{{trials,epochs,exits}}.parquet")
+    # one checkpoint per trial (two while the best epoch is not the latest): bounded on disk
+    lines.append(f"disk: {human_bytes(disk_usage(plan.directory))} in {plan.directory}")
     if not finished:
         lines.append(f"unfinished; continue with: python sweeps/run.py --resume --name {plan.name}"
                      + (f" --results {Path(plan.directory).parent}" if "://" not in plan.directory else ""))  # fmt: skip
@@ -709,6 +776,7 @@ def main(
                 data = load_data_of(Config.from_dict(plan.base))
         else:
             plan, data = make_plan(args)
+        injected_faults(plan)
     except BerterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,15 @@ operating point and a checkpoint (``TrainingRun.state_dict()``), so ASHA can sto
 epoch and a restarted trial resumes after its last finished epoch. A non-finite training
 loss ends the trial with ``diverged=True`` in its last result; any exception marks the trial
 as errored with its message.
+
+Test-only fault injection (for the reliability tests, never for real sweeps): the driver reads
+``BERTER_TEST_FAULT``, a comma-separated list whose k-th entry applies to the k-th trial to
+start (later trials run normally). An entry is ``none``, ``raise@E`` (an exception in epoch E),
+``nan@E`` (a NaN training loss in epoch E; both are ``Config.test_fault``) or ``stall@E`` (the
+trial sleeps after checkpointing epoch E, a window to kill the driver or a worker), optionally
+followed by ``:once`` (only on the trial's first start, i.e. a transient fault that a retry
+from the checkpoint gets past). Trials claim entries through files in ``<sweep>/test-faults``,
+so the results directory must be local (or shared) to the trials.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,11 +38,16 @@ import numpy as np
 import torch
 
 from berter.config import Config
+from berter.errors import ConfigError
 from berter.search import Variant
 
 CHECKPOINT_FILE = "state.pt"
 META_FILE = "trial.json"
 SPEEDUP_EXAMPLES = 64  # dev examples per task timed for speedup_wall (cost: seconds)
+FAULT_ENV = "BERTER_TEST_FAULT"
+FAULT_DIR = "test-faults"
+FAULT_RE = re.compile(r"none|(raise|nan|stall)@[1-9][0-9]*(:once)?")
+STALL_SECONDS = 600.0  # long enough to be killed; ends on its own if nobody does
 
 
 @dataclass
@@ -41,6 +57,8 @@ class Sweep:
     base: dict[str, Any]  # Config fields (not searched)
     variants: list[Variant]
     measure_speedup: bool = True
+    faults: tuple[str, ...] = ()  # test-only, see the module docstring
+    fault_dir: str | None = None
     by_name: dict[str, Variant] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +75,44 @@ class Sweep:
         values = {**self.base, **self.variant_of(trial_config).axes}
         values.update({k: v for k, v in trial_config.items() if k != "variant"})
         return Config.from_dict(values)
+
+
+# ----------------------------------------------------------------------------- test faults
+def faults_from_env() -> tuple[str, ...]:
+    """The validated entries of ``BERTER_TEST_FAULT`` (empty when it is not set)."""
+    text = os.environ.get(FAULT_ENV, "").strip()
+    entries = tuple(e.strip() for e in text.split(",")) if text else ()
+    bad = [e for e in entries if not FAULT_RE.fullmatch(e)]
+    if bad:
+        raise ConfigError(
+            f"{FAULT_ENV}: bad entry {bad[0]!r}; use none, raise@E, nan@E or stall@E, "
+            "optionally with :once"
+        )
+    return entries
+
+
+def claim_fault(sweep: Sweep, trial_id: str) -> str | None:
+    """This trial's fault (``raise@E``, ``nan@E``, ``stall@E``) or None.
+
+    The k-th trial to start claims entry k by creating ``trial-<k>`` exclusively (atomic across
+    processes and nodes sharing the directory); a restarted trial finds its own claim again.
+    """
+    if not sweep.faults or sweep.fault_dir is None:
+        return None
+    root = Path(sweep.fault_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for k, entry in enumerate(sweep.faults):
+        fault, _, once = entry.partition(":")
+        slot = root / f"trial-{k}"
+        try:
+            with open(slot, "x") as f:
+                f.write(trial_id)
+        except FileExistsError:
+            if slot.read_text() != trial_id:
+                continue
+            return None if once or fault == "none" else fault  # a restart: ":once" is spent
+        return None if fault == "none" else fault
+    return None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -155,6 +211,12 @@ def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = 
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
     cfg = sweep.resolve(config)
+    fault = claim_fault(sweep, tune.get_context().get_trial_id())
+    stall_after = None
+    if fault is not None and fault.startswith("stall@"):
+        stall_after = int(fault.partition("@")[2])
+    elif fault is not None:
+        cfg = dataclasses.replace(cfg, test_fault=fault)
     device, cpus = trial_device()
     if device == "cpu":
         cfg = dataclasses.replace(cfg, num_threads=cpus)
@@ -193,6 +255,8 @@ def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = 
         with tempfile.TemporaryDirectory(prefix="berter-ckpt-") as directory:
             save_checkpoint(run, directory, meta)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+        if report.epoch == stall_after:
+            time.sleep(STALL_SECONDS)
 
     run.fit(on_epoch)
 

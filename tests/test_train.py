@@ -118,11 +118,16 @@ def test_packaged_backbone_learns_on_a_slice_of_the_real_data():
                 "1",
                 "--max-len",
                 "64",
-                "--lr",
-                "1e-4",
+                "--cos-loss",
+                "on",
+                "--strategy",
+                "joint",
             ]
         )
     assert code == 0
     result = json.loads(out.getvalue())
     assert result["data_source"] == str(SHARED_DATA.resolve())
-    assert result["sts_corr"] > 0.3  # the pretrained sentence encoder already correlates
+    # siamese STS reads the pretrained sentence encoder's cosine: a real backbone on
+    # correctly aligned data correlates strongly from the start
+    assert result["sts_corr"] > 0.5
+    assert result["para_acc"] > 0.6

@@ -1,0 +1,289 @@
+"""Malformed input to a sweep: exit status 2, one line on stderr, nothing written anywhere.
+
+Every case builds its own inputs under tmp_path (a valid CS224N-layout data directory that
+it then breaks, a results root holding an unrelated sweep) and checks that tmp_path is
+byte-for-byte and mtime-for-mtime unchanged afterwards: no results directory is created and
+no existing file is touched. Most cases call ``berter.sweep.main`` in-process (fast); a few
+run ``sweeps/run.py`` as a real process, the way users meet these errors.
+"""
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from berter.sweep import SWEEP_FILE
+from berter.sweep import main as sweep_main
+from berter.trainable import FAULT_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = {
+    "sst": ("ids-sst", ["id", "sentence", "sentiment"]),
+    "para": ("quora", ["id", "sentence1", "sentence2", "is_duplicate"]),
+    "sts": ("sts", ["id", "sentence1", "sentence2", "similarity"]),
+}
+
+
+def rows(task: str, n: int = 8) -> list[list[str]]:
+    if task == "sst":
+        return [[f"s{i}", f"sentence {i} is fine .", str(i % 5)] for i in range(n)]
+    if task == "para":
+        return [
+            [f"q{i}", f"how do i learn {i}?", f"what way to learn {i}?", f"{i % 2}.0"]
+            for i in range(n)
+        ]
+    return [
+        [f"t{i}", f"a man plays {i}", f"a man is playing {i}", f"{(i % 11) / 2}"] for i in range(n)
+    ]
+
+
+def write(path: Path, header: list[str], body: list[list[str]], sep: str = "\t") -> None:
+    """A CS224N file: header with an unnamed leading index column, one row per example."""
+    lines = [["", *header]] + [[str(i), *r] for i, r in enumerate(body)]
+    path.write_text("".join(sep.join(line) + "\n" for line in lines), encoding="utf-8")
+
+
+def data_dir(tmp: Path, **broken: Callable[[Path], None]) -> Path:
+    """A valid data directory for sst/para/sts; ``broken[file_stem]`` then edits one file."""
+    root = tmp / "data"
+    root.mkdir(exist_ok=True)
+    for task, (stem, header) in FILES.items():
+        for split in ("train", "dev"):
+            write(root / f"{stem}-{split}.csv", header, rows(task))
+    for name, edit in broken.items():
+        edit(root / f"{name}.csv")
+    return root
+
+
+def with_row(task: str, row: list[str]) -> Callable[[Path], None]:
+    """Replace the data of a file by one valid row plus ``row``."""
+    stem, header = FILES[task]
+    return lambda path: write(path, header, [rows(task, 1)[0], row])
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+    }
+
+
+def demo(tmp: Path, *extra: str, search: str = "lr") -> list[str]:
+    return ["--search", search, "--data", "demo", "--results", str(tmp / "results"), *extra]
+
+
+def on_data(tmp: Path, **broken: Callable[[Path], None]) -> list[str]:
+    return on_dir(tmp, data_dir(tmp, **broken))
+
+
+def on_dir(tmp: Path, directory: Path) -> list[str]:
+    return ["--search", "lr", "--data-dir", str(directory), "--results", str(tmp / "results")]
+
+
+def missing(stem: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: on_data(tmp, **{stem: Path.unlink})
+
+
+def not_a_dir(tmp: Path) -> list[str]:
+    (tmp / "data").write_text("not a directory\n")
+    return on_dir(tmp, tmp / "data")
+
+
+def comma_separated(path: Path) -> None:
+    write(path, FILES["sst"][1], rows("sst"), sep=",")
+
+
+def without_label_column(path: Path) -> None:
+    write(path, FILES["sts"][1][:-1], [r[:-1] for r in rows("sts")])
+
+
+def results_under_a_file(tmp: Path) -> list[str]:
+    (tmp / "taken").write_text("a file, not a directory\n")
+    return ["--search", "lr", "--data", "demo", "--results", str(tmp / "taken" / "results")]
+
+
+def resume_unknown(tmp: Path) -> list[str]:
+    other = tmp / "results" / "other"
+    other.mkdir(parents=True)
+    (other / SWEEP_FILE).write_text("{}")
+    return ["--resume", "--name", "nope", "--results", str(tmp / "results")]
+
+
+def empty_model_dir(tmp: Path) -> list[str]:
+    (tmp / "model").mkdir()
+    return demo(tmp, "--model", str(tmp / "model"))
+
+
+# id -> (argv from tmp_path, words the one-line message must contain)
+CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "data dir is a file": (not_a_dir, "not a readable directory"),
+    "data dir does not exist": (
+        lambda t: on_dir(t, t / "nowhere"),
+        "data directory does not exist",
+    ),
+    **{
+        f"missing {stem}-{split}.csv": (
+            missing(f"{stem}-{split}"),
+            f"{stem}-{split}.csv: missing file",
+        )
+        for stem, _ in FILES.values()
+        for split in ("train", "dev")
+    },
+    "comma instead of tab": (
+        lambda t: on_data(t, **{"ids-sst-train": comma_separated}),
+        "comma-separated",
+    ),
+    "missing label column": (
+        lambda t: on_data(t, **{"sts-dev": without_label_column}),
+        "missing column(s) similarity",
+    ),
+    "empty file": (
+        lambda t: on_data(t, **{"quora-dev": lambda p: p.write_bytes(b"")}),
+        "quora-dev.csv: empty file",
+    ),
+    "non-numeric label": (
+        lambda t: on_data(t, **{"ids-sst-train": with_row("sst", ["x", "great .", "positive"])}),
+        "row 2: label 'positive' in column 'sentiment' is not a number",
+    ),
+    "sst label out of range": (
+        lambda t: on_data(t, **{"ids-sst-dev": with_row("sst", ["x", "great .", "7"])}),
+        "label 7 is out of range",
+    ),
+    "paraphrase label out of range": (
+        lambda t: on_data(t, **{"quora-train": with_row("para", ["x", "a ?", "b ?", "2"])}),
+        "label 2 is out of range",
+    ),
+    "sts score above 5": (
+        lambda t: on_data(t, **{"sts-train": with_row("sts", ["x", "a", "b", "5.5"])}),
+        "label 5.5 is out of range (expected 0 to 5)",
+    ),
+    "duplicate ids": (
+        lambda t: on_data(t, **{"quora-dev": with_row("para", ["q0", "a ?", "b ?", "1"])}),
+        "duplicate id 'q0'",
+    ),
+    "unknown task": (lambda t: demo(t, "--tasks", "sst,nli"), "unknown task 'nli'"),
+    "unknown --search name": (
+        lambda t: demo(t, search="lr,warp"),
+        "unknown --search name(s): warp",
+    ),
+    "negative lr": (lambda t: demo(t, "--set", "lr=-1", search="dropout"), "lr must be > 0"),
+    "batch size 0": (lambda t: demo(t, "--set", "batch=0"), "batch_size must be >= 1"),
+    "dropout 1": (lambda t: demo(t, "--set", "dropout=1"), "dropout must be in [0, 1)"),
+    "lr not a number": (
+        lambda t: demo(t, "--set", "lr=fast", search="dropout"),
+        "'fast' is not a number",
+    ),
+    "--set a searched name": (
+        lambda t: demo(t, "--set", "lr=1e-4"),
+        "--set lr conflicts with --search lr",
+    ),
+    "log range through 0": (lambda t: demo(t, "--range", "lr=-1e-3:1e-3"), "needs LOW > 0"),
+    "reversed range": (lambda t: demo(t, "--range", "lr=1e-3:1e-5"), "LOW must be below HIGH"),
+    "dropout range past 1": (
+        lambda t: demo(t, "--range", "dropout=0.1:1.5", search="dropout"),
+        "range value 1.5 is invalid",
+    ),
+    "range of an unsearched name": (
+        lambda t: demo(t, "--range", "dropout=0.1:0.2"),
+        "add dropout to --search",
+    ),
+    "variant filter matches nothing": (
+        lambda t: demo(t, "--variants", "strategy=final,exit=lte|entropy"),
+        "matches no variant",
+    ),
+    "unknown variant value": (lambda t: demo(t, "--variants", "exit=warp"), "unknown value 'warp'"),
+    "exit method with strategy=final": (
+        lambda t: demo(t, "--variants", "strategy=final,exit=lte"),
+        "exit_method=lte conflicts with strategy=final",
+    ),
+    "model path does not exist": (
+        lambda t: demo(t, "--model", str(t / "no-model")),
+        "does not exist",
+    ),
+    "model dir without a model": (empty_model_dir, "cannot load model"),
+    "results path not writable": (results_under_a_file, "is not writable"),
+    "resume of an unknown sweep": (resume_unknown, "nothing to resume: no sweep 'nope'"),
+    "resume with no sweep at all": (
+        lambda t: ["--resume", "--results", str(t / "results")],
+        "nothing to resume",
+    ),
+    "bad sweep name": (lambda t: demo(t, "--name", "../escape"), "--name '../escape'"),
+}
+# Run as real processes (seconds each: torch and Ray imports): data, variants, resume.
+SUBPROCESS = {
+    "comma instead of tab",
+    "exit method with strategy=final",
+    "resume of an unknown sweep",
+}
+
+
+def check_one_line(rc: int, out: str, err: str, message: str) -> None:
+    assert rc == 2, err
+    assert out == ""  # nothing announced: the sweep never started
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    assert message in err, err
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - SUBPROCESS))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys):
+    make_argv, message = CASES[case]
+    argv = make_argv(tmp_path)
+    before = snapshot(tmp_path)
+    rc = sweep_main(argv)
+    captured = capsys.readouterr()
+    check_one_line(rc, captured.out, captured.err, message)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", sorted(SUBPROCESS))
+def test_bad_input_to_the_script_exits_2_with_one_line_and_writes_nothing(case, tmp_path):
+    make_argv, message = CASES[case]
+    argv = make_argv(tmp_path)
+    before = snapshot(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "sweeps/run.py", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    check_one_line(proc.returncode, proc.stdout, proc.stderr, message)
+    assert snapshot(tmp_path) == before
+
+
+def test_the_catalogue_covers_at_least_fifteen_inputs():
+    assert len(CASES) >= 15 and SUBPROCESS <= set(CASES)
+
+
+def test_malformed_test_fault_variable_is_a_user_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "raise@2,explode@1")
+    before = snapshot(tmp_path)
+    assert sweep_main(demo(tmp_path, "--max-train", "8")) == 2
+    captured = capsys.readouterr()
+    check_one_line(2, captured.out, captured.err, "bad entry 'explode@1'")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_valid_data_directory_passes_the_same_checks(tmp_path):
+    """The cases above fail because of what they break, not because the fixture is invalid."""
+    from berter.data import check
+
+    assert check(data_dir(tmp_path)) == {t: {"train": 8, "dev": 8} for t in FILES}
+
+
+def test_set_and_range_reach_the_plan(tmp_path):
+    """The clean way to fix or bound a name: --set and --range (the counterpart of the cases)."""
+    from berter.sweep import build_parser, make_plan
+
+    argv = demo(tmp_path, "--set", "batch=8", "--set", "dropout=0.1", "--range", "lr=1e-5:1e-3")
+    plan, _ = make_plan(build_parser().parse_args([*argv, "--search", "lr,optimizer"]))
+    assert (plan.base["batch_size"], plan.base["dropout"]) == (8, 0.1)
+    params = {p["name"]: p for p in plan.params}
+    assert (params["lr"]["low"], params["lr"]["high"]) == (1e-5, 1e-3)
+    narrowed = make_plan(
+        build_parser().parse_args(demo(tmp_path, "--range", "batch=8|16", search="batch"))
+    )[0]
+    assert narrowed.params[0]["choices"] == (8, 16)
+    assert not (tmp_path / "results").exists()
