@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-train", type=int, default=2000, help="training examples per task")
     p.add_argument("--max-dev", type=int, default=1000, help="dev examples per task")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=Config().lr)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategies", default=",".join(RUNS), help="comma-separated row labels")
