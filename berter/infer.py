@@ -120,10 +120,9 @@ def exit_batch(
         if full and i < n - 1:
             continue
         out = model.exit(i, ctx.task.name, state)
-        pred = ctx.predict(i, out.logits)
         if i == n - 1:
             rows.append(alive)
-            preds.append(pred)
+            preds.append(ctx.predict(i, out.logits))
             layers.append(torch.full_like(alive, i))
             break
         sig, sig_state = method.signal(ctx, i, out, sig_state)
@@ -131,11 +130,14 @@ def exit_batch(
         fired = int(fire.sum())
         if fired == 0:
             continue
-        rows.append(alive[fire])
-        preds.append(pred[fire])
-        layers.append(torch.full_like(alive[fire], i))
         if fired == alive.numel():
+            rows.append(alive)
+            preds.append(ctx.predict(i, out.logits))
+            layers.append(torch.full_like(alive, i))
             break
+        rows.append(alive[fire])
+        preds.append(ctx.predict(i, out.logits[fire]))
+        layers.append(torch.full_like(rows[-1], i))
         keep = (~fire).nonzero().squeeze(1)
         state = state.select(keep)
         sig_state = select_state(sig_state, keep)

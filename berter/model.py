@@ -15,6 +15,7 @@ Pair tasks are fed in one of three ways:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -231,13 +232,22 @@ class MultiExitBert(nn.Module):
         batch: Batch,
         word_embeds: list[torch.Tensor] | None = None,
         layers: int | None = None,
-    ) -> list[ExitOutput]:
-        """Every exit's output (or the first ``layers`` exits') for the batch's task."""
+        exits: Collection[int] | None = None,
+    ) -> list[ExitOutput | None]:
+        """Every exit's output (or the first ``layers`` exits') for the batch's task.
+
+        ``exits``: compute only these exits' heads (the others are None) and stop after the
+        deepest of them; training passes the exits its loss reads, so that a final-layer-only
+        step runs no intermediate head and a layer-focus step no layer above its own.
+        """
+        n = layers or self.num_layers
+        if exits is not None:
+            n = min(n, max(exits, default=-1) + 1)
         state = self.embed(batch, word_embeds)
-        outs = []
-        for i in range(layers or self.num_layers):
+        outs: list[ExitOutput | None] = []
+        for i in range(n):
             state = self.layer(i, state)
-            outs.append(self.exit(i, batch.task, state))
+            outs.append(self.exit(i, batch.task, state) if exits is None or i in exits else None)
         return outs
 
     # ------------------------------------------------------------------ parameters

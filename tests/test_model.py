@@ -39,6 +39,16 @@ def test_every_exit_returns_outputs_for_every_task():
     assert sst[1].pooled.shape == (3, 32)
 
 
+def test_forward_with_exits_runs_only_those_heads_and_stops_after_the_deepest():
+    model = model_for(strategy="joint")
+    batch = batch_for("sst", "packed")
+    with torch.no_grad():
+        full = model(batch)
+        part = model(batch, exits=(1,))
+    assert len(part) == 2 and part[0] is None
+    assert torch.allclose(part[1].logits, full[1].logits)
+
+
 def test_layerwise_forward_equals_the_backbones_full_pass():
     model = model_for(concat="before_embed")
     batch = batch_for("para", "packed")

@@ -1,0 +1,207 @@
+"""Early-exit benchmark: accuracy kept vs. measured wall-clock speedup, per exit method.
+
+For each exit method (confidence, entropy, lte, patience, qexit) a multitask model is
+fine-tuned with strategy=alternating on capped slices of the CS224N data with the packaged
+all-MiniLM-L6-v2 backbone (confidence and entropy train identically, so they share one
+model). Per task it reports the final layer's dev metric, the dev metric and average exit
+layer at the operating point chosen on the calibration slice (fastest setting within
+``--tolerance`` of the final layer there), and the wall-clock speedup of the real early-exit
+engine over the same model run to the last layer, at batch 1 and batch 32, on this CPU with
+one thread. The "dev-oracle" columns give the fastest grid setting that keeps 99% of the
+final dev metric, read off the dev trade-off curve (optimistic: chosen on the data it is
+scored on).
+
+    python benchmarks/early_exit.py --quick     # small slices, a few minutes
+    python benchmarks/early_exit.py             # larger slices (2500 per task), one epoch
+
+The last line is the headline: the best method's batch-1 speedup on sst+para and the share
+of the final layer's score it keeps there (target: >= 2x at >= 99%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from berter.config import Config  # noqa: E402
+from berter.exits import build_exit_method, operating_point, thresholds_from_metrics  # noqa: E402
+from berter.infer import measure_speedup, save_model  # noqa: E402
+from berter.metrics import metric_column  # noqa: E402
+from berter.train import TrainingRun  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "cs224n"
+METHODS = ("confidence", "entropy", "lte", "patience", "qexit")
+TRAINED_AS = {"entropy": "confidence"}  # same training objective: reuse that model
+HEADLINE_TASKS = ("sst", "para")
+
+
+def settings(quick: bool) -> dict:
+    if quick:
+        return dict(max_train=150, max_dev=80, epochs=1, calib_max=30, speed_examples=32, repeats=1)
+    return dict(max_train=2500, max_dev=400, epochs=1, calib_max=250, speed_examples=150, repeats=2)
+
+
+def train(method: str, args: argparse.Namespace, s: dict) -> TrainingRun:
+    cfg = Config(
+        data_dir=str(args.data_dir),
+        tasks=("sst", "para", "sts"),
+        strategy="alternating",
+        exit_method=method,
+        max_train=s["max_train"],
+        max_dev=s["max_dev"],
+        epochs=s["epochs"],
+        calib_fraction=0.2,
+        calib_max=s["calib_max"],
+        max_len=64,
+        batch_size=16,
+        dropout=0.1,
+        lr=args.lr,
+        exit_tolerance=args.tolerance,
+        num_threads=args.train_threads,
+        seed=args.seed,
+    )
+    run = TrainingRun(cfg, log=lambda m: print(f"  [{method}] {m}", file=sys.stderr, flush=True))
+    run.fit()
+    return run
+
+
+def dev_oracle(table: list[dict], task: str, final: float, n: int) -> tuple[float, float]:
+    """Fewest average layers on the dev curve keeping 99% of the final dev metric."""
+    floor = final - 0.01 * abs(final)
+    ok = [r for r in table if r["task"] == task and r["metric"] >= floor]
+    if not ok:
+        return float(n), final
+    best = min(ok, key=lambda r: (r["avg_exit_layer"], -r["metric"]))
+    return best["avg_exit_layer"], best["metric"]
+
+
+def evaluate_method(run: TrainingRun, method: str, s: dict, args: argparse.Namespace) -> list[dict]:
+    run.cfg = run.cfg.replace(exit_method=method)
+    run.method = build_exit_method(run.cfg)
+    dev = run.evaluate("dev")
+    op = operating_point(run, dev)
+    thresholds = thresholds_from_metrics(op, list(run.cfg.tasks))
+    n = run.model.num_layers
+    rows = []
+    for task in run.tasks:
+        enc = run.encoded[task.name]["dev"]
+        col = metric_column(task)
+        speed = {
+            b: measure_speedup(
+                run.model,
+                run.method,
+                enc,
+                thresholds,
+                b,
+                max_examples=s["speed_examples"],
+                repeats=s["repeats"],
+                threads=1,
+            )  # fmt: skip
+            for b in (1, 32)
+        }
+        final = dev.tasks[task.name].final
+        oracle_layer, oracle_metric = dev_oracle(op["exit_table"], task.name, final, n)
+        rows.append({
+            "method": method, "task": task.name, "metric": col.split("_")[-1],
+            "final": final, "exit": op[f"{col}_exit"], "threshold": thresholds[task.name],
+            "avg_layer": op[f"{task.name}_exit_layer"], "n": n,
+            "speedup_b1": speed[1]["speedup"], "speedup_b32": speed[32]["speedup"],
+            "seconds_full_b1": speed[1]["seconds_full"], "seconds_exit_b1": speed[1]["seconds_exit"],
+            "oracle_layer": oracle_layer, "oracle_metric": oracle_metric,
+        })  # fmt: skip
+    if args.save:
+        save_model(run, Path(args.save) / method, thresholds)
+    return rows
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = (
+        "| method | task | final | at op. point | kept | threshold | avg exit layer | "
+        "speedup b1 | speedup b32 | dev-oracle layer (metric) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        kept = r["exit"] / r["final"] if r["final"] else float("nan")
+        lines.append(
+            f"| {r['method']} | {r['task']} ({r['metric']}) | {fmt(r['final'])} | {fmt(r['exit'])} | "
+            f"{fmt(100 * kept, '.1f')}% | {fmt(r['threshold'], 'g')} | "
+            f"{fmt(r['avg_layer'], '.2f')}/{r['n']} | {fmt(r['speedup_b1'], '.2f')}x | "
+            f"{fmt(r['speedup_b32'], '.2f')}x | {fmt(r['oracle_layer'], '.2f')} ({fmt(r['oracle_metric'])}) |"
+        )
+    return "\n".join(lines)
+
+
+def headline(rows: list[dict]) -> str:
+    """Best method on sst+para: batch-1 speedup (total time) and the worst score kept."""
+    best = None
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method and r["task"] in HEADLINE_TASKS]
+        if not mine:
+            continue
+        speed = sum(r["seconds_full_b1"] for r in mine) / sum(r["seconds_exit_b1"] for r in mine)
+        kept = min(r["exit"] / r["final"] if r["final"] > 0 else float("nan") for r in mine)
+        key = (kept >= 0.99, speed if kept >= 0.99 else kept)
+        if best is None or key > best[0]:
+            best = (key, method, speed, kept)
+    if best is None:
+        return "headline: no results"
+    _, method, speed, kept = best
+    return (
+        f"headline: {method} {speed:.2f}x batch-1 wall-clock speedup on sst+para at "
+        f"{100 * kept:.1f}% of the final layer's score (target >= 2x at >= 99%)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small slices, one epoch (< 5 min)")
+    p.add_argument("--data-dir", type=Path, default=DATA)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--tolerance", type=float, default=0.01)
+    p.add_argument("--train-threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", help="also save each model as an inference checkpoint under this dir")
+    args = p.parse_args(argv)
+    if not args.data_dir.is_dir():
+        print(f"error: {args.data_dir}: no CS224N data directory", file=sys.stderr)
+        return 2
+    s = settings(args.quick)
+    methods = [m for m in args.methods.split(",") if m]
+    start = time.perf_counter()
+    runs: dict[str, TrainingRun] = {}
+    rows: list[dict] = []
+    for method in methods:
+        trained_as = TRAINED_AS.get(method, method)
+        if trained_as not in runs:
+            t0 = time.perf_counter()
+            runs[trained_as] = train(trained_as, args, s)
+            print(
+                f"trained {trained_as} in {time.perf_counter() - t0:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+        rows += evaluate_method(runs[trained_as], method, s, args)
+    print(f"\nstrategy=alternating, packaged MiniLM-L6 (6 layers), torch {torch.__version__}, "
+          f"threads=1 for timing; settings {s}; {time.perf_counter() - start:.0f}s total\n")  # fmt: skip
+    print(markdown(rows))
+    print()
+    print(headline(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Search efficiency: Optuna TPE + ASHA against exhaustive grid search, in trial-epochs.
+
+Method (a replay, so that every searcher sees exactly the same training noise):
+
+1. Grid table. Every point of a small real-data space (lr x batch size x dropout, 3 x 2 x 2
+   = 12 points) is trained for ``--epochs`` epochs with ``TrainingRun`` (strategy=final, the
+   packaged backbone, seed 0), and the dev score after every epoch is recorded. Exhaustive
+   grid search costs 12 x epochs trial-epochs; its best is the highest dev score any point
+   reported after any epoch (the sweep keeps each trial's best checkpoint).
+2. Replay. A searcher runs trials one at a time; a trial's configuration is looked up in
+   the table instead of being trained, and it "reports" the table's dev score after each
+   epoch, paying one trial-epoch per epoch. The cost of a search is the trial-epochs spent
+   until some report is within ``--tolerance`` (0.005 = half a point) of the grid's best.
+   Searchers, configured as ``berter.sweep`` configures them:
+   - TPE + ASHA: ``optuna.samplers.TPESampler(seed, n_startup_trials=min(10, max(2,
+     num_samples // 3)))`` with num_samples = the grid size, asking categorical lr / batch /
+     dropout; Ray Tune's own ``ASHAScheduler`` (grace period 1 epoch, max_t = epochs, its
+     default reduction factor 4) decides after every epoch whether the trial goes on; the
+     study is told each trial's last reported score, as Ray's ``OptunaSearch`` does.
+   - random + ASHA: Optuna's random sampler, same scheduler (is TPE better than luck?).
+   - TPE alone (FIFO): every trial runs all epochs (what ASHA saves).
+   - "no repeats" rows: the same searchers, but a configuration already run is swapped for
+     a random one not yet run; the sweep service does not do this (see ``replay``).
+   A configuration drawn twice is paid twice: Tune would train it again. A search that has
+   not reached the target after ``--cap`` times the grid's cost is stopped and counted at
+   that cost (and reported as a miss). Each searcher is replayed with ``--seeds`` seeds.
+   Trials run one after another (a concurrency of one); with more trials in flight, TPE
+   sees fewer finished trials when it proposes and ASHA compares against fewer results.
+
+The headline (the last line) is the mean trial-epochs of TPE + ASHA divided by the grid's.
+The table is cached in ``--table`` (JSON) so the replay can be rerun without training.
+
+    python benchmarks/search_efficiency.py --quick   # 100 train / 200 dev per task, 2 epochs
+    python benchmarks/search_efficiency.py           # 400 train / 400 dev per task, 3 epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data" / "cs224n"
+SPACE = {"lr": (5e-5, 1e-4, 2e-4), "batch_size": (16, 32), "dropout": (0.1, 0.3)}
+
+
+def grid_points() -> list[dict]:
+    return [dict(zip(SPACE, values, strict=True)) for values in itertools.product(*SPACE.values())]
+
+
+def key(point: dict) -> str:
+    return ",".join(f"{k}={point[k]:g}" for k in SPACE)
+
+
+# ----------------------------------------------------------------------------- grid table
+def train_grid(args, log) -> dict:
+    """Dev score after every epoch of every grid point."""
+    import torch
+
+    from berter.config import Config
+    from berter.data import get_tokenizer, load_data
+    from berter.model import load_backbone
+    from berter.train import TrainingRun
+
+    torch.set_num_threads(args.threads)
+    base = Config(
+        data_dir=args.data_dir,
+        max_train=args.max_train,
+        max_dev=args.max_dev,
+        epochs=args.epochs,
+        num_threads=args.threads,
+        seed=args.seed,
+    )
+    data = load_data(base.data_dir, base.tasks, base.max_train, base.max_dev, base.seed)
+    tokenizer = get_tokenizer(base.model)
+    backbone = load_backbone(base.model, base.dropout)
+    scores: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for point in grid_points():
+        cfg = base.replace(**point)
+        run = TrainingRun(cfg, data, backbone=copy.deepcopy(backbone), tokenizer=tokenizer)
+        scores[key(point)] = []
+        for epoch in range(cfg.epochs):
+            run.train_epoch()
+            dev = run.evaluate("dev")
+            run.strategy.end_epoch(epoch, dev.dev_score)
+            scores[key(point)].append(float(dev.dev_score))
+        log(f"{key(point)}: " + ", ".join(f"{s:.4f}" for s in scores[key(point)]))
+    return {
+        "settings": settings(args),
+        "scores": scores,
+        "train_seconds": time.perf_counter() - start,
+    }
+
+
+def settings(args) -> dict:
+    return {
+        "data_dir": str(args.data_dir),
+        "max_train": args.max_train,
+        "max_dev": args.max_dev,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "space": {k: list(v) for k, v in SPACE.items()},
+    }
+
+
+def load_or_train(args, log) -> dict:
+    path = Path(args.table)
+    if path.is_file() and not args.retrain:
+        table = json.loads(path.read_text())
+        if table.get("settings") == settings(args):
+            log(f"grid table: {path} (cached; --retrain trains it again)")
+            return table
+    table = train_grid(args, log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1))
+    log(f"grid table written to {path}")
+    return table
+
+
+# ----------------------------------------------------------------------------- replay
+def replay(
+    scores: dict[str, list[float]],
+    target: float,
+    sampler_name: str,
+    asha: bool,
+    seed: int,
+    cap: int,
+    repeats: bool = True,
+) -> tuple[int, bool]:
+    """Trial-epochs one search spends until a report reaches the target (or the cap).
+
+    ``repeats=False``: when the sampler proposes a configuration already run, a random
+    configuration not yet run (seeded) replaces it; a search that has run every point
+    without reaching the target is a miss, charged the cap like any other.
+    """
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    epochs = len(next(iter(scores.values())))
+    if sampler_name == "tpe":
+        startup = min(10, max(2, len(scores) // 3))
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    scheduler = None
+    if asha:
+        scheduler = ASHAScheduler(
+            time_attr="epoch", metric="dev_score", mode="max", max_t=epochs, grace_period=1
+        )
+    cost = 0
+    seen: set[str] = set()
+    rng = random.Random(seed)
+    for number in itertools.count():
+        if not repeats and len(seen) == len(scores):
+            return cap, False
+        trial = study.ask()
+        point = {name: trial.suggest_categorical(name, list(vals)) for name, vals in SPACE.items()}
+        if not repeats and key(point) in seen:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # ignored by TPE
+            study.enqueue_trial(rng.choice([p for p in grid_points() if key(p) not in seen]))
+            trial = study.ask()
+            point = {n: trial.suggest_categorical(n, list(v)) for n, v in SPACE.items()}
+        seen.add(key(point))
+        handle = SimpleNamespace(trial_id=str(number))
+        if scheduler is not None:
+            scheduler.on_trial_add(None, handle)
+        result = {}
+        for epoch, score in enumerate(scores[key(point)], start=1):
+            cost += 1
+            result = {"epoch": epoch, "dev_score": score}
+            if score >= target:
+                return cost, True
+            if cost >= cap:
+                return cap, False
+            if scheduler is not None:
+                if scheduler.on_trial_result(None, handle, result) == TrialScheduler.STOP:
+                    break
+        if scheduler is not None:
+            scheduler.on_trial_complete(None, handle, result)
+        study.tell(trial, result["dev_score"])
+    raise AssertionError("unreachable")
+
+
+def summarise(costs: list[tuple[int, bool]]) -> dict:
+    spent = [c for c, _ in costs]
+    return {
+        "mean": statistics.mean(spent),
+        "median": statistics.median(spent),
+        "p90": sorted(spent)[int(0.9 * (len(spent) - 1))],
+        "misses": sum(not ok for _, ok in costs),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(DATA))
+    p.add_argument("--quick", action="store_true", help="smaller data, 2 epochs")
+    p.add_argument("--max-train", type=int, help="training examples per task")
+    p.add_argument("--max-dev", type=int, help="dev examples per task")
+    p.add_argument("--epochs", type=int, help="epochs per grid point (ASHA's max_t)")
+    p.add_argument("--seeds", type=int, default=100, help="replays per searcher")
+    p.add_argument("--tolerance", type=float, default=0.005, help="dev score below the best")
+    p.add_argument("--cap", type=float, default=3.0, help="stop a replay at this x grid cost")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the grid")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the grid")
+    p.add_argument("--table", help="grid table cache (JSON)")
+    p.add_argument("--retrain", action="store_true", help="train the grid even if cached")
+    args = p.parse_args(argv)
+    args.max_train = args.max_train or (100 if args.quick else 400)
+    args.max_dev = args.max_dev or (200 if args.quick else 400)
+    args.epochs = args.epochs or (2 if args.quick else 3)
+    name = "search_grid_quick.json" if args.quick else "search_grid.json"
+    args.table = args.table or str(ROOT / "results" / name)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    log(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    table = load_or_train(args, log)
+    scores = table["scores"]
+    best = max(max(s) for s in scores.values())
+    target = best - args.tolerance
+    grid_cost = len(scores) * args.epochs
+    near = [k for k, s in scores.items() if max(s) >= target]
+    cap = int(args.cap * grid_cost)
+
+    print(
+        "| lr | batch | dropout | " + " | ".join(f"dev e{e + 1}" for e in range(args.epochs)) + " |"
+    )
+    print("|---|---|---|" + "---|" * args.epochs)
+    for point in grid_points():
+        s = scores[key(point)]
+        cells = " | ".join(f"**{x:.4f}**" if x >= target else f"{x:.4f}" for x in s)
+        print(f"| {point['lr']:g} | {point['batch_size']} | {point['dropout']:g} | {cells} |")
+    print(
+        f"\ngrid best {best:.4f}; target >= {target:.4f}, reached by {len(near)} of "
+        f"{len(scores)} points; grid cost {grid_cost} trial-epochs "
+        f"(trained in {table['train_seconds'] / 60:.1f} min)\n"
+    )
+    print("| searcher | mean trial-epochs | median | 90th pct | misses | mean / grid |")
+    print("|---|---|---|---|---|---|")
+    print(f"| grid (exhaustive) | {grid_cost} | {grid_cost} | {grid_cost} | 0 | 1.00 |")
+    headline = None
+    for label, sampler, asha, repeats in (
+        ("TPE + ASHA", "tpe", True, True),
+        ("random + ASHA", "random", True, True),
+        ("TPE (FIFO)", "tpe", False, True),
+        ("TPE + ASHA, no repeats", "tpe", True, False),
+        ("TPE (FIFO), no repeats", "tpe", False, False),
+    ):
+        costs = [replay(scores, target, sampler, asha, s, cap, repeats) for s in range(args.seeds)]
+        r = summarise(costs)
+        ratio = r["mean"] / grid_cost
+        headline = headline if headline is not None else ratio
+        print(
+            f"| {label} | {r['mean']:.1f} | {r['median']:g} | {r['p90']} | {r['misses']}/"
+            f"{args.seeds} | {ratio:.2f} |",
+            flush=True,
+        )
+    print(f"\ntrial-epochs ratio TPE+ASHA/grid: {headline:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

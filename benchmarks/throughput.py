@@ -1,0 +1,268 @@
+"""Training throughput: our loop against the transformers ``Trainer``, and the cost of multi-exit training.
+
+1. ``berter`` vs ``Trainer``. The same SST training examples (the capped train set minus the
+   calibration slice), the same tokenizer output (max length 128), the packaged
+   all-MiniLM-L6-v2 backbone, batch 16, lr, weight decay, warmup, gradient clipping at 1.0,
+   dropout, one epoch, one seed, the same torch thread count. Ours: ``TrainingRun`` with
+   ``strategy=final`` (length-bucketed batches padded per batch, one host sync per epoch,
+   foreach AdamW); the clock wraps the whole ``train_epoch()`` call, so building the epoch's
+   batches counts too. Theirs: ``AutoModelForSequenceClassification`` (5 labels) with
+   ``DataCollatorWithPadding`` (dynamic padding, random batches) and default dataloader
+   settings; the clock wraps ``trainer.train()``. Model loading and tokenisation are outside
+   both clocks.
+2. Multi-exit overhead: ``strategy=joint`` (the loss of all six exits at every step) against
+   ``strategy=final`` (the last exit only), on the same three-task data, one epoch each.
+
+The CPU is shared, so only ratios from the same run mean anything: every round runs both
+sides back to back, alternating which goes first, after one discarded warm-up round; the
+headline is the median of the per-round ratios. Each side is timed in wall seconds and in
+process CPU seconds; the headlines use CPU seconds, which other jobs on the machine barely
+move (with one thread, CPU time is the wall time of a quiet machine), and the wall-clock
+ratios are printed beside them. The last line printed is the headline.
+Both sides use one torch thread by default: on a loaded two-core machine two OpenMP threads
+wait on each other at every parallel region and a step can take 5-10 times longer, with a
+spread that swamps the comparison.
+
+    python benchmarks/throughput.py --quick        # 400 SST examples, 150 per task for part 2
+    python benchmarks/throughput.py                # 2,000 SST examples, 600 per task
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from berter.config import Config  # noqa: E402
+from berter.data import get_tokenizer, load_data, packaged_model_path  # noqa: E402
+from berter.model import load_backbone  # noqa: E402
+from berter.train import TrainingRun  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "cs224n"
+
+
+class Clock:
+    """Wall and process CPU seconds of one block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def alternate(
+    sides: dict[str, Callable[[], Clock]], rounds: int, log: Callable[[str], None]
+) -> dict[str, list[Clock]]:
+    """Timings per side per round, one discarded warm-up round first, order alternating."""
+    names = list(sides)
+    times: dict[str, list[Clock]] = {n: [] for n in names}
+    for r in range(rounds + 1):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            clock = sides[name]()
+            if r > 0:
+                times[name].append(clock)
+            log(
+                f"round {r}{' (warm-up)' if r == 0 else ''}: {name} "
+                f"{clock.wall:.2f}s wall, {clock.cpu:.2f}s CPU"
+            )
+    return times
+
+
+def median_ratio(num: list[Clock], den: list[Clock], attr: str) -> float:
+    """Median over rounds of num/den, for wall or CPU seconds."""
+    return statistics.median(
+        getattr(a, attr) / getattr(b, attr) for a, b in zip(num, den, strict=True)
+    )
+
+
+# ----------------------------------------------------------------------------- ours
+class Ours:
+    """One fresh ``TrainingRun`` per call (same data, tokenizer, pristine backbone copy)."""
+
+    def __init__(self, cfg: Config, data, backbone, tokenizer):
+        self.cfg, self.data, self.backbone, self.tokenizer = cfg, data, backbone, tokenizer
+        self.examples = 0
+        self.inner_seconds: list[float] = []
+
+    def __call__(self) -> Clock:
+        run = TrainingRun(
+            self.cfg, self.data, backbone=copy.deepcopy(self.backbone), tokenizer=self.tokenizer
+        )
+        with Clock() as clock:
+            report = run.train_epoch()
+        self.examples = report.examples
+        self.inner_seconds.append(report.epoch_seconds)
+        return clock
+
+
+# ----------------------------------------------------------------------------- Trainer
+class HFTrainer:
+    """One fresh ``Trainer`` per call on the same encoded examples."""
+
+    def __init__(self, cfg: Config, run_data: TrainingRun, model, tokenizer, out_dir: str):
+        enc = run_data.encoded["sst"]["train"]
+        self.rows = [
+            {
+                "input_ids": ids,
+                "attention_mask": [1] * len(ids),
+                "token_type_ids": [0] * len(ids),
+                "labels": int(label),
+            }
+            for ids, label in zip(enc.ids_a, enc.labels, strict=True)
+        ]
+        self.cfg, self.model, self.tokenizer, self.out_dir = cfg, model, tokenizer, out_dir
+        self.runtime: list[float] = []
+
+    def __call__(self) -> Clock:
+        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+        cfg = self.cfg
+        args = TrainingArguments(
+            output_dir=self.out_dir,
+            per_device_train_batch_size=int(cfg.batch_size),
+            learning_rate=cfg.lr,
+            num_train_epochs=int(cfg.epochs),
+            weight_decay=cfg.weight_decay,
+            warmup_steps=int(cfg.warmup_ratio * -(-len(self.rows) // int(cfg.batch_size))),
+            max_grad_norm=cfg.grad_clip,
+            seed=cfg.seed,
+            use_cpu=True,
+            report_to="none",
+            eval_strategy="no",
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=copy.deepcopy(self.model),
+            args=args,
+            train_dataset=self.rows,
+            data_collator=DataCollatorWithPadding(self.tokenizer),
+        )
+        with Clock() as clock:
+            out = trainer.train()
+        self.runtime.append(float(out.metrics["train_runtime"]))
+        return clock
+
+
+def hf_model(cfg: Config):
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the newly initialised classifier report is noise here
+    return AutoModelForSequenceClassification.from_pretrained(
+        packaged_model_path(), num_labels=5, hidden_dropout_prob=cfg.dropout
+    )
+
+
+# ----------------------------------------------------------------------------- parts
+def vs_trainer(args, log) -> float:
+    cfg = Config(
+        data_dir=args.data_dir,
+        tasks=("sst",),
+        max_train=args.sst_examples,
+        max_dev=1,
+        epochs=1,
+        strategy="final",
+        num_threads=args.threads,
+        seed=args.seed,
+    )
+    data = load_data(cfg.data_dir, cfg.tasks, cfg.max_train, cfg.max_dev, cfg.seed)
+    tokenizer = get_tokenizer(cfg.model)
+    backbone = load_backbone(cfg.model, cfg.dropout)
+    probe = TrainingRun(cfg, data, backbone=copy.deepcopy(backbone), tokenizer=tokenizer)
+    ours = Ours(cfg, data, backbone, tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs = HFTrainer(cfg, probe, hf_model(cfg), tokenizer, tmp)
+        n = len(theirs.rows)
+        enc = probe.encoded["sst"]["train"]
+        log(
+            f"SST: {n} training examples, mean length {sum(enc.lengths()) / n:.1f} tokens, "
+            f"{torch.get_num_threads()} torch thread(s)"
+        )
+        times = alternate({"berter": ours, "Trainer": theirs}, args.rounds, log)
+    assert ours.examples == n, (ours.examples, n)
+    for name, ts in times.items():
+        log(f"{name}: {', '.join(f'{n / t.wall:.1f}' for t in ts)} examples/s (wall)")
+    wall = median_ratio(times["Trainer"], times["berter"], "wall")
+    log(f"examples/s ratio berter/Trainer (wall): {wall:.2f}")
+    log(
+        "inner clocks (berter epoch_seconds, Trainer train_runtime): "
+        f"{statistics.median(ours.inner_seconds[1:]):.2f}s, "
+        f"{statistics.median(theirs.runtime[1:]):.2f}s"
+    )
+    return median_ratio(times["Trainer"], times["berter"], "cpu")
+
+
+def multi_exit_overhead(args, log) -> float:
+    base = Config(
+        data_dir=args.data_dir,
+        max_train=args.task_examples,
+        max_dev=1,
+        epochs=1,
+        num_threads=args.threads,
+        seed=args.seed,
+    )
+    data = load_data(base.data_dir, base.tasks, base.max_train, base.max_dev, base.seed)
+    tokenizer = get_tokenizer(base.model)
+    backbone = load_backbone(base.model, base.dropout)
+    sides = {
+        s: Ours(base.replace(strategy=s), data, backbone, tokenizer) for s in ("final", "joint")
+    }
+    times = alternate(sides, args.rounds, log)
+    log(
+        f"time ratio joint/final (wall): {median_ratio(times['joint'], times['final'], 'wall'):.3f}"
+    )
+    return median_ratio(times["joint"], times["final"], "cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(DATA))
+    p.add_argument("--quick", action="store_true", help="small data, same comparisons")
+    p.add_argument("--sst-examples", type=int, help="SST training examples (before calib)")
+    p.add_argument("--task-examples", type=int, help="examples per task for joint vs final")
+    p.add_argument("--rounds", type=int, help="timed rounds per comparison (after a warm-up)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: see the docstring)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", choices=("trainer", "exits"), help="run one comparison")
+    args = p.parse_args(argv)
+    args.sst_examples = args.sst_examples or (400 if args.quick else 2000)
+    args.task_examples = args.task_examples or (150 if args.quick else 600)
+    args.rounds = args.rounds or 3
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    torch.set_num_threads(args.threads)
+    log(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    lines = []  # printed last, to stdout (the Trainer prints its own metrics there too)
+    if args.only in (None, "exits"):
+        ratio = multi_exit_overhead(args, log)
+        lines.append(f"time ratio joint/final (3 tasks, CPU time): {ratio:.3f}")
+    if args.only in (None, "trainer"):
+        ratio = vs_trainer(args, log)
+        lines.append(f"examples/s ratio berter/Trainer (CPU time): {ratio:.2f}")
+    log(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
