@@ -15,7 +15,7 @@ Method (a replay, so that every searcher sees exactly the same training noise):
    - TPE + ASHA: ``optuna.samplers.TPESampler(seed, n_startup_trials=min(10, max(2,
      num_samples // 3)))`` with num_samples = the grid size, asking categorical lr / batch /
      dropout; Ray Tune's own ``ASHAScheduler`` (grace period 1 epoch, max_t = epochs, its
-     default reduction factor 4) decides after every epoch whether the trial goes on; the
+     default reduction factor 4; ``--reduction-factor`` changes it) decides after every epoch whether the trial goes on; the
      study is told each trial's last reported score, as Ray's ``OptunaSearch`` does.
    - random + ASHA: Optuna's random sampler, same scheduler (is TPE better than luck?).
    - TPE alone (FIFO): every trial runs all epochs (what ASHA saves).
@@ -138,6 +138,7 @@ def replay(
     seed: int,
     cap: int,
     repeats: bool = True,
+    reduction_factor: float = 4,
 ) -> tuple[int, bool]:
     """Trial-epochs one search spends until a report reaches the target (or the cap).
 
@@ -158,7 +159,12 @@ def replay(
     scheduler = None
     if asha:
         scheduler = ASHAScheduler(
-            time_attr="epoch", metric="dev_score", mode="max", max_t=epochs, grace_period=1
+            time_attr="epoch",
+            metric="dev_score",
+            mode="max",
+            max_t=epochs,
+            grace_period=1,
+            reduction_factor=reduction_factor,
         )
     cost = 0
     seen: set[str] = set()
@@ -214,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=100, help="replays per searcher")
     p.add_argument("--tolerance", type=float, default=0.005, help="dev score below the best")
     p.add_argument("--cap", type=float, default=3.0, help="stop a replay at this x grid cost")
+    p.add_argument(
+        "--reduction-factor", type=float, default=4, help="ASHA's (4: Ray's default, the sweep's)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads for the grid")
     p.add_argument("--seed", type=int, default=0, help="training seed of the grid")
     p.add_argument("--table", help="grid table cache (JSON)")
@@ -264,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         ("TPE + ASHA, no repeats", "tpe", True, False),
         ("TPE (FIFO), no repeats", "tpe", False, False),
     ):
-        costs = [replay(scores, target, sampler, asha, s, cap, repeats) for s in range(args.seeds)]
+        costs = [
+            replay(scores, target, sampler, asha, s, cap, repeats, args.reduction_factor)
+            for s in range(args.seeds)
+        ]
         r = summarise(costs)
         ratio = r["mean"] / grid_cost
         headline = headline if headline is not None else ratio
