@@ -14,6 +14,9 @@ Checkpoint format (a directory), written by ``save_model`` and read by ``load_mo
     backbone/        the backbone's transformers config (the architecture; weights are in model.pt)
     tokenizer/       the tokenizer, so the directory is self-contained
     exits.json       {"exit_method", "thresholds": {task: value or null}, "num_layers", "tolerance"}
+A sweep trial's checkpoint (berter.trainable) is the same directory with ``state.pt``, the whole
+``TrainingRun.state_dict()`` for resuming, in place of ``model.pt``; ``load_model`` reads the
+weights from its "model" entry, so ``berter infer`` takes a trial checkpoint as it is.
 
 Command line:
     python -m berter.infer CHECKPOINT_DIR DATAFILE --task sst [--threshold T]
@@ -48,6 +51,7 @@ from berter.model import MultiExitBert
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
+STATE_FILE = "state.pt"  # a sweep trial's TrainingRun state (berter.trainable.CHECKPOINT_FILE)
 EXITS_FILE = "exits.json"
 BACKBONE_DIR = "backbone"
 TOKENIZER_DIR = "tokenizer"
@@ -270,17 +274,21 @@ def speed_metrics(
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_model(run: Any, directory: str | Path, thresholds: Thresholds | None = None) -> Path:
+def save_model(
+    run: Any, directory: str | Path, thresholds: Thresholds | None = None, weights: bool = True
+) -> Path:
     """Write a self-contained inference checkpoint of a TrainingRun (see the module doc).
 
     ``thresholds``: per-task operating params; by default chosen on the calibration slice.
+    ``weights=False`` leaves out model.pt, for a directory whose state.pt already has them.
     """
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     if thresholds is None:
         thresholds = calibrate(run)
     (path / CONFIG_FILE).write_text(json.dumps(run.cfg.to_dict(), indent=2))
-    torch.save(run.model.state_dict(), path / WEIGHTS_FILE)
+    if weights:
+        torch.save(run.model.state_dict(), path / WEIGHTS_FILE)
     run.model.bert.config.save_pretrained(path / BACKBONE_DIR)
     if run.tokenizer is not None:
         run.tokenizer.save_pretrained(path / TOKENIZER_DIR)
@@ -325,12 +333,16 @@ def load_model(
     build_cfg = dataclasses.replace(cfg, drop_top=0)
     model = MultiExitBert.from_config(build_cfg, tasks, backbone)
     weights = path / WEIGHTS_FILE
+    if not weights.is_file() and (path / STATE_FILE).is_file():
+        weights = path / STATE_FILE  # a sweep trial's checkpoint
     if not weights.is_file():
         raise DataError(f"{path}: not a checkpoint (missing {WEIGHTS_FILE})")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
+        if weights.name == STATE_FILE:
+            state = state["model"]
         model.load_state_dict(state)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
+    except (OSError, RuntimeError, EOFError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{weights}: cannot load the weights: {first}") from None
     thresholds = {name: exits.get("thresholds", {}).get(name) for name in cfg.tasks}

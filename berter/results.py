@@ -9,6 +9,8 @@ Files under ``results/<name>/`` (or a ``--results`` directory or s3:// / gs:// U
   the whole trial: train_seconds (all epochs), epochs_done, speedup_wall (measured once,
   after the last epoch, on the final model). status is running, terminated, stopped-early
   (ASHA stopped it before its last epoch), diverged (non-finite training loss) or error.
+  checkpoint is the directory of the best epoch's checkpoint (Tune keeps it, by dev_score):
+  ``berter infer <checkpoint> <datafile>`` runs the trained model on new data.
 - ``epochs.parquet``: one row per trial per epoch with the same metric columns plus epoch,
   phase, epoch_seconds, train_loss.
 - ``exits.parquet``: the post-hoc early-exit trade-off table of each trial's best epoch:
@@ -104,7 +106,7 @@ def trial_schema(tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS) -> pa.Schem
             *HYPERPARAMETERS,
             *METRICS, *task_metric_fields(tasks),
             ("train_seconds", F64), ("epochs_done", I64), ("epochs_planned", I64),
-            ("best_epoch", I64),
+            ("best_epoch", I64), ("checkpoint", STR),
             ("model", STR), ("seed", I64), ("data_source", STR), ("sweep", STR),
             ("started_at", TS), ("updated_at", TS),
         ]
@@ -337,12 +339,13 @@ class ResultsWriter(tune.Callback):
         self.trials: dict[str, dict[str, Any]] = {}
         self.epochs: dict[tuple[str, int], dict[str, Any]] = {}
         self.exits: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        self.checkpoints: dict[tuple[str, int], str] = {}
         self.last: dict[str, dict[str, Any]] = {}
         self.pruned = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(trials={}, epochs={}, exits={}, last={})  # the files are the state
+        state.update(trials={}, epochs={}, exits={}, checkpoints={}, last={})  # the files are the state
         return state
 
     # -- loading
@@ -406,6 +409,9 @@ class ResultsWriter(tune.Callback):
     def _refresh(self, trial_id: str) -> None:
         row = self.trials[trial_id]
         row.update(summarise(row, self._epochs_of(trial_id), self.metric_cols))
+        path = self.checkpoints.get((trial_id, row.get("best_epoch")))
+        if path is not None:  # else keep what a resumed sweep's file had
+            row["checkpoint"] = path
         row["updated_at"] = datetime.now(timezone.utc)
 
     def flush(self) -> None:
@@ -467,6 +473,20 @@ class ResultsWriter(tune.Callback):
             f"({result.get('epoch_seconds', 0.0):.1f}s)"
             + (" DIVERGED" if result.get("diverged") else "")
         )
+
+    def on_checkpoint(
+        self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any
+    ) -> None:
+        """Note where the epoch just reported was saved (Tune reports, then saves)."""
+        epoch = (trial.last_result or {}).get("epoch")
+        if epoch is None or trial.trial_id not in self.trials:
+            return
+        path = str(checkpoint.path)
+        if is_uri(self.root):  # the storage filesystem's path has no scheme
+            path = f"{self.root.split('://', 1)[0]}://{path}"
+        self.checkpoints[(trial.trial_id, int(epoch))] = path
+        self._refresh(trial.trial_id)
+        self.flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         row = self._base_row(trial)

@@ -138,10 +138,20 @@ def to_plain(obj: Any, where: str = "state") -> Any:
     raise TypeError(f"{where}: {type(obj).__name__} cannot go into a weights_only checkpoint")
 
 
-def save_checkpoint(run: Any, directory: str | Path, meta: dict[str, Any]) -> None:
+def save_checkpoint(
+    run: Any, directory: str | Path, meta: dict[str, Any], thresholds: dict[str, Any] | None = None
+) -> None:
+    """The TrainingRun state to resume from, plus the inference files (berter.infer's format
+    minus model.pt, whose weights are in the state), so ``berter infer`` runs on a trial's
+    checkpoint as it is; ``thresholds`` are the epoch's calibrated operating params."""
+    from berter.infer import save_model
+
     directory = Path(directory)
     torch.save(to_plain(run.state_dict()), directory / CHECKPOINT_FILE)
     (directory / META_FILE).write_text(json.dumps(meta))
+    if thresholds is None:
+        thresholds = dict.fromkeys(run.cfg.tasks)
+    save_model(run, directory, thresholds, weights=False)
 
 
 def load_checkpoint(run: Any, directory: str | Path) -> dict[str, Any]:
@@ -207,6 +217,7 @@ def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = 
     """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=..., sweep=...)``)."""
     from ray import tune
 
+    from berter.exits import thresholds_from_metrics
     from berter.train import TrainingRun
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
@@ -253,7 +264,8 @@ def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = 
                 logging.getLogger(__name__).warning("speedup not measured: %s", exc)
             result["speedup_seconds"] = time.perf_counter() - started
         with tempfile.TemporaryDirectory(prefix="berter-ckpt-") as directory:
-            save_checkpoint(run, directory, meta)
+            thresholds = thresholds_from_metrics(report.metrics, list(cfg.tasks))
+            save_checkpoint(run, directory, {**meta, "epoch": report.epoch}, thresholds)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
         if report.epoch == stall_after:
             time.sleep(STALL_SECONDS)

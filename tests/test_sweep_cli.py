@@ -4,6 +4,7 @@ Ray starts once for the module. Each sweep trains a 3-layer, 32-wide BERT on a f
 demo examples per task, so a trial takes about a second; Ray's actor start-up dominates.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from ray import tune
 from tiny import tiny_backbone
 from transformers import AutoTokenizer
 
+from berter.cli import main as berter_main
 from berter.data import packaged_model_path
 from berter.results import read_results
 from berter.sweep import SWEEP_FILE, build_parser, make_plan, run
@@ -28,7 +30,7 @@ TRIAL_COLUMNS = [
     "weight_decay", "warmup_ratio", "smart_lambda", "smart_step", "lte_lr", "lambda_lr",
     "patience", "dev_score", "sst_acc", "para_acc", "sts_corr", "dev_score_exit",
     "avg_exit_layer", "layers_saved", "speedup_wall", "train_seconds", "epochs_done",
-    "best_epoch", "model", "seed", "started_at", "data_source", "layer_scores",
+    "best_epoch", "checkpoint", "model", "seed", "started_at", "data_source", "layer_scores",
 ]  # fmt: skip
 EPOCH_COLUMNS = ["trial_id", "epoch", "phase", "epoch_seconds", "train_loss", "dev_score"]
 EXIT_COLUMNS = ["trial_id", "task", "exit_method", "threshold", "metric", "avg_exit_layer"]
@@ -79,6 +81,16 @@ def test_three_trial_sweep_writes_the_three_tables(local_ray, tiny_model, tmp_pa
     assert trials.data_source.eq("demo").all() and trials.lr.nunique() == 3
     assert (tmp_path / "three" / SWEEP_FILE).exists() and (tmp_path / "three" / "ray").is_dir()
     assert "best trials by dev_score" in out and "[" in out  # progress lines and summary
+    # each trial row names its best epoch's checkpoint, which `berter infer` runs as it is
+    best = trials.sort_values("dev_score").iloc[-1]
+    assert Path(best.checkpoint).is_dir()
+    assert int(json.loads((Path(best.checkpoint) / "trial.json").read_text())["epoch"]) == (
+        best.best_epoch
+    )
+    data = tmp_path / "sst.csv"
+    data.write_text("\tid\tsentence\tsentiment\n0\ta\ta fine film .\t3\n1\tb\tdull .\t1\n")
+    assert berter_main(["infer", best.checkpoint, str(data), "--task", "sst"]) == 0
+    assert "2 examples" in capsys.readouterr().out
 
 
 class InterruptSweep(tune.Callback):

@@ -7,6 +7,7 @@ from tiny import tiny_backbone, tiny_config
 
 from berter.config import Config
 from berter.errors import ConfigError
+from berter.infer import STATE_FILE, WEIGHTS_FILE, load_model
 from berter.search import Variant
 from berter.train import TrainingRun
 from berter.trainable import (
@@ -74,6 +75,20 @@ def test_checkpoint_loads_with_weights_only_and_resumes_the_run(tmp_path):
         assert torch.equal(v, fresh.model.state_dict()[k]), k
     # both continue identically: same optimizer/scheduler/RNG state
     assert run.train_epoch().train_loss == pytest.approx(fresh.train_epoch().train_loss, rel=1e-5)
+
+
+def test_trial_checkpoint_is_an_inference_checkpoint_without_a_second_copy_of_weights(tmp_path):
+    assert CHECKPOINT_FILE == STATE_FILE  # berter.infer reads the trainable's state file
+    cfg = tiny_config(strategy="joint", exit_method="confidence")
+    run = TrainingRun(cfg, backbone=tiny_backbone())
+    run.train_epoch()
+    save_checkpoint(run, tmp_path, {"epoch": 1}, {"sst": 0.8, "para": 0.7, "sts": None})
+    assert not (tmp_path / WEIGHTS_FILE).exists()
+    loaded_cfg, model, thresholds = load_model(tmp_path)
+    assert loaded_cfg.exit_method == "confidence"
+    assert thresholds == {"sst": 0.8, "para": 0.7, "sts": None}
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
 
 
 def test_epoch_result_counts_main_epochs_without_the_slf_warmup():
