@@ -27,6 +27,7 @@ stays valid by construction.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -332,6 +333,33 @@ class SearchSpace:
         trial.suggest_categorical("variant", list(self.variants))
         for p in self.params:
             p.suggest(trial)
+
+
+def finite_points(space: SearchSpace) -> list[dict[str, Any]] | None:
+    """Every configuration of a space with only categorical and integer parameters, by
+    Optuna parameter name; None when some parameter is continuous."""
+    axes: list[tuple[str, list[Any]]] = [("variant", list(space.variants))]
+    for p in space.params:
+        if p.kind in ("choice", "axis"):
+            axes.append((p.field, list(p.choices)))
+        elif p.kind == "int":
+            axes.append((p.field, list(range(int(p.low), int(p.high) + 1))))
+        else:
+            return None
+    names = [n for n, _ in axes]
+    return [
+        dict(zip(names, values, strict=True)) for values in itertools.product(*(v for _, v in axes))
+    ]
+
+
+def config_key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+def space_size(space: SearchSpace) -> float:
+    """Number of configurations (inf for a continuous space)."""
+    points = finite_points(space)
+    return math.inf if points is None else len(points)
 
 
 def round_robin_points(variants: list[str], num_samples: int) -> list[dict[str, str]]:

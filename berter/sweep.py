@@ -39,6 +39,7 @@ from berter.search import (
     parse_settings,
     round_robin_points,
     space_help,
+    space_size,
     with_epoch_bound,
 )
 
@@ -51,7 +52,8 @@ SUMMARY_ROWS = 5
 SWEEP_OPTIONS = (
     "search", "set", "range", "variants", "data_dir", "data", "tasks", "model", "num_samples",
     "epochs", "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
-    "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures",
+    "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "grace_period",
+    "reduction_factor",
 )  # fmt: skip
 OBJECTIVE_MODES = {
     "dev_score": "max",
@@ -80,9 +82,11 @@ files, else the built-in demo set, with the defaults --num-samples {DEMO_DEFAULT
 --max-train {DEMO_DEFAULTS["max_train"]} (a few minutes on 2 CPU cores).
 On real data the defaults are --num-samples {DEFAULT_NUM_SAMPLES} and the Config epochs.
 
-Scheduling: ASHA (grace period 1 epoch, max_t = the longest trial's epochs) stops weak
-trials early; its time axis counts main epochs, so a Sequential Layer Focus warm-up epoch
-is not compared with full epochs of other variants. A two-objective --objective uses FIFO
+Scheduling: ASHA (grace period 1 epoch, max_t = the longest trial's epochs, reduction
+factor 2 for runs of up to 4 epochs, else 3) stops weak trials early; its time axis counts
+main epochs, so a Sequential Layer Focus warm-up epoch is not compared with full epochs of
+other variants. A configuration is never run twice (training is seeded: it would report
+the same scores), and trials ASHA stopped are told to Optuna as pruned. A two-objective --objective uses FIFO
 (ASHA is single-objective) and prints the Pareto front.
 
 Results: <results>/<name>/trials.parquet, epochs.parquet, exits.parquet; --resume continues
@@ -136,6 +140,14 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
     p.add_argument("--max-dev", type=int, help="dev examples per task (seeded subset)")
     p.add_argument("--max-len", type=int, help="max tokens per sequence (default 128)")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    p.add_argument(
+        "--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped"
+    )
+    p.add_argument(
+        "--reduction-factor",
+        type=float,
+        help="ASHA: 1/fraction of trials kept at each rung (default 2 for <= 4 epochs, else 3)",
+    )
     p.add_argument(
         "--search-alg",
         choices=["optuna", "random"],
@@ -197,6 +209,8 @@ class Plan:
     data_is_demo: bool
     notes: list[str] = field(default_factory=list)
     created_at: str = ""
+    grace_period: int = 1  # ASHA
+    reduction_factor: float | None = None  # ASHA; None: berter.searcher.reduction_factor
 
     @property
     def variant_objs(self) -> list[Variant]:
@@ -347,6 +361,10 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
         raise ConfigError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.max_failures < 0:
         raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.grace_period < 1:
+        raise ConfigError(f"--grace-period must be >= 1, got {args.grace_period}")
+    if args.reduction_factor is not None and not args.reduction_factor > 1:
+        raise ConfigError(f"--reduction-factor must be > 1, got {args.reduction_factor}")
     objective = [o.strip() for o in args.objective.split(",") if o.strip()]
     if not 1 <= len(objective) <= 2 or any(o not in OBJECTIVE_MODES for o in objective):
         raise ConfigError(
@@ -404,6 +422,12 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
             f"--num-samples {len(variants)} runs each once"
         )
     hyper = apply_ranges(with_epoch_bound(hyper, args.epochs), args.range)
+    size = space_size(SearchSpace(hyper, [v.name for v in variants]))
+    if num_samples > size:  # a configuration is never run twice
+        notes.append(
+            f"the search space has {size} configurations: {size} trials, not {num_samples}"
+        )
+        num_samples = int(size)
     for p in hyper:  # both ends of every searched range must make a valid Config
         for value in (p.low, p.high) if p.kind != "choice" else p.choices:
             try:
@@ -463,6 +487,8 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
         data_is_demo=data.is_demo,
         notes=notes,
         created_at=datetime.now().isoformat(timespec="seconds"),
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
     ), data
 
 
@@ -555,14 +581,13 @@ def default_concurrency(plan: Plan) -> int:
 def build_tuner(
     plan: Plan, data: Any, extra_callbacks: list | None = None, resume: bool = False
 ) -> Any:
-    import optuna
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from berter.results import ResultsWriter
+    from berter.searcher import asha, make_searcher
     from berter.trainable import FAULT_DIR, Sweep, trainable_with_resources
 
     variants = plan.variant_objs
@@ -580,24 +605,22 @@ def build_tuner(
     single = len(plan.objective) == 1
     metric = plan.objective[0] if single else plan.objective
     mode = plan.modes[0] if single else plan.modes
-    if plan.search_alg == "random":
-        sampler = optuna.samplers.RandomSampler(seed=plan.seed)
-    else:
-        startup = min(10, max(2, plan.num_samples // 3))
-        sampler = optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
     names = [v.name for v in variants]
-    searcher = OptunaSearch(
-        space=SearchSpace(plan.param_objs, names),
+    searcher = make_searcher(
+        plan.param_objs,
+        names,
+        algorithm=plan.search_alg,
         metric=metric,
         mode=mode,
-        sampler=sampler,
+        seed=plan.seed,
+        num_samples=plan.num_samples,
         points_to_evaluate=round_robin_points(names, plan.num_samples)
         if plan.round_robin
         else None,
     )
     limit = plan.max_concurrent or default_concurrency(plan)
     if plan.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="main_epoch", max_t=max(plan.max_t, 1), grace_period=1)
+        scheduler = asha(plan.max_t, plan.grace_period, plan.reduction_factor)
     else:
         scheduler = FIFOScheduler()
     namer = TrialNamer(variants)

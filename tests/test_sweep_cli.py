@@ -170,6 +170,8 @@ def test_failing_trials_get_their_status(
         (["--variants", "paper"], "--search is required"),
         (["--search", "lr", "--num-samples", "0"], "--num-samples must be >= 1"),
         (["--search", "lr", "--objective", "loss"], "--objective"),
+        (["--search", "lr", "--grace-period", "0"], "--grace-period must be >= 1"),
+        (["--search", "lr", "--reduction-factor", "1"], "--reduction-factor must be > 1"),
         (["--search", "lr", "--model", "/nonexistent/model"], "does not exist"),
     ],
 )
