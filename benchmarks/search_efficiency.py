@@ -11,17 +11,18 @@ Method (a replay, so that every searcher sees exactly the same training noise):
    the table instead of being trained, and it "reports" the table's dev score after each
    epoch, paying one trial-epoch per epoch. The cost of a search is the trial-epochs spent
    until some report is within ``--tolerance`` (0.005 = half a point) of the grid's best.
-   Searchers, configured as ``berter.sweep`` configures them:
-   - TPE + ASHA: ``optuna.samplers.TPESampler(seed, n_startup_trials=min(10, max(2,
-     num_samples // 3)))`` with num_samples = the grid size, asking categorical lr / batch /
-     dropout; Ray Tune's own ``ASHAScheduler`` (grace period 1 epoch, max_t = epochs, its
-     default reduction factor 4; ``--reduction-factor`` changes it) decides after every epoch whether the trial goes on; the
-     study is told each trial's last reported score, as Ray's ``OptunaSearch`` does.
+   Searchers are the sweep's own objects (``berter.searcher.make_searcher`` and ``asha``,
+   with num_samples = the grid size), driven through Tune's Searcher / TrialScheduler calls:
+   - TPE + ASHA, as the sweep runs it: TPE (n_startup_trials = min(10, max(2, n // 3))),
+     no configuration run twice, ASHA-stopped trials told to Optuna as pruned, ASHA with
+     grace 1 and the sweep's reduction factor for this many epochs (``--reduction-factor``
+     overrides it).
    - random + ASHA: Optuna's random sampler, same scheduler (is TPE better than luck?).
    - TPE alone (FIFO): every trial runs all epochs (what ASHA saves).
-   - "no repeats" rows: the same searchers, but a configuration already run is swapped for
-     a random one not yet run; the sweep service does not do this (see ``replay``).
-   A configuration drawn twice is paid twice: Tune would train it again. A search that has
+   - "before" rows: Ray's stock ``OptunaSearch`` and ``ASHAScheduler`` (reduction factor 4),
+     the sweep's setup before ``berter.searcher``: a configuration drawn twice is trained
+     (and paid) again, and a stopped trial is told as complete with its last score.
+   A search that has
    not reached the target after ``--cap`` times the grid's cost is stopped and counted at
    that cost (and reported as a miss). Each searcher is replayed with ``--seeds`` seeds.
    Trials run one after another (a concurrency of one); with more trials in flight, TPE
@@ -37,11 +38,12 @@ The table is cached in ``--table`` (JSON) so the replay can be rerun without tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import itertools
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -133,70 +135,76 @@ def load_or_train(args, log) -> dict:
 def replay(
     scores: dict[str, list[float]],
     target: float,
-    sampler_name: str,
-    asha: bool,
+    algorithm: str,
+    use_asha: bool,
     seed: int,
     cap: int,
-    repeats: bool = True,
-    reduction_factor: float = 4,
+    plain: bool = False,
+    factor: float | None = None,
 ) -> tuple[int, bool]:
     """Trial-epochs one search spends until a report reaches the target (or the cap).
 
-    ``repeats=False``: when the sampler proposes a configuration already run, a random
-    configuration not yet run (seeded) replaces it; a search that has run every point
-    without reaching the target is a miss, charged the cap like any other.
+    The searcher and scheduler are the sweep's own (``berter.searcher``), driven through
+    Tune's Searcher / TrialScheduler calls in the order Tune makes them. ``plain=True``
+    replays Ray's stock ``OptunaSearch`` and ``ASHAScheduler`` (reduction factor 4) instead:
+    the setup before berter.searcher (repeats paid again, stopped trials told as complete).
+    A search whose space runs out before the target (no repeats) is a miss, charged the cap.
     """
-    import optuna
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from berter.search import Param, SearchSpace
+    from berter.searcher import asha, make_searcher
 
     epochs = len(next(iter(scores.values())))
-    if sampler_name == "tpe":
-        startup = min(10, max(2, len(scores) // 3))
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    scheduler = None
-    if asha:
-        scheduler = ASHAScheduler(
-            time_attr="epoch",
-            metric="dev_score",
-            mode="max",
-            max_t=epochs,
-            grace_period=1,
-            reduction_factor=reduction_factor,
-        )
+    params = [
+        Param("lr", "lr", "choice", choices=SPACE["lr"]),
+        Param("batch", "batch_size", "choice", choices=SPACE["batch_size"]),
+        Param("dropout", "dropout", "choice", choices=SPACE["dropout"]),
+    ]
+    searcher = make_searcher(
+        params, ["v"], algorithm=algorithm, metric="dev_score", mode="max", seed=seed,
+        num_samples=len(scores),
+    )  # fmt: skip
+    scheduler = asha(epochs, 1, factor) if use_asha else None
+    if plain:
+        searcher = OptunaSearch(
+            space=SearchSpace(params, ["v"]), metric="dev_score", mode="max",
+            sampler=searcher._sampler,
+        )  # fmt: skip
+        if use_asha:
+            scheduler = ASHAScheduler(time_attr="main_epoch", max_t=epochs, grace_period=1)
+    if scheduler is not None:
+        scheduler.set_search_properties("dev_score", "max")
     cost = 0
-    seen: set[str] = set()
-    rng = random.Random(seed)
     for number in itertools.count():
-        if not repeats and len(seen) == len(scores):
+        trial_id = str(number)
+        config = searcher.suggest(trial_id)
+        if config == Searcher.FINISHED:
             return cap, False
-        trial = study.ask()
-        point = {name: trial.suggest_categorical(name, list(vals)) for name, vals in SPACE.items()}
-        if not repeats and key(point) in seen:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # ignored by TPE
-            study.enqueue_trial(rng.choice([p for p in grid_points() if key(p) not in seen]))
-            trial = study.ask()
-            point = {n: trial.suggest_categorical(n, list(v)) for n, v in SPACE.items()}
-        seen.add(key(point))
-        handle = SimpleNamespace(trial_id=str(number))
+        point = {name: config[name] for name in SPACE}
+        handle = SimpleNamespace(trial_id=trial_id)
         if scheduler is not None:
             scheduler.on_trial_add(None, handle)
-        result = {}
+        result: dict = {}
         for epoch, score in enumerate(scores[key(point)], start=1):
             cost += 1
-            result = {"epoch": epoch, "dev_score": score}
+            result = {
+                "dev_score": score, "epoch": epoch, "main_epoch": epoch,
+                "training_iteration": epoch, "epochs_planned": epochs,
+            }  # fmt: skip
             if score >= target:
                 return cost, True
             if cost >= cap:
                 return cap, False
+            searcher.on_trial_result(trial_id, result)
             if scheduler is not None:
                 if scheduler.on_trial_result(None, handle, result) == TrialScheduler.STOP:
                     break
         if scheduler is not None:
             scheduler.on_trial_complete(None, handle, result)
-        study.tell(trial, result["dev_score"])
+        searcher.on_trial_complete(trial_id, result)
     raise AssertionError("unreachable")
 
 
@@ -221,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.005, help="dev score below the best")
     p.add_argument("--cap", type=float, default=3.0, help="stop a replay at this x grid cost")
     p.add_argument(
-        "--reduction-factor", type=float, default=4, help="ASHA's (4: Ray's default, the sweep's)"
+        "--reduction-factor", type=float, help="ASHA's (default: the sweep's, berter.searcher)"
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads for the grid")
     p.add_argument("--seed", type=int, default=0, help="training seed of the grid")
@@ -266,17 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     print(f"| grid (exhaustive) | {grid_cost} | {grid_cost} | {grid_cost} | 0 | 1.00 |")
     headline = None
-    for label, sampler, asha, repeats in (
-        ("TPE + ASHA", "tpe", True, True),
-        ("random + ASHA", "random", True, True),
-        ("TPE (FIFO)", "tpe", False, True),
-        ("TPE + ASHA, no repeats", "tpe", True, False),
-        ("TPE (FIFO), no repeats", "tpe", False, False),
+    for label, algorithm, use_asha, plain in (
+        ("TPE + ASHA (as the sweep runs it)", "optuna", True, False),
+        ("random + ASHA", "random", True, False),
+        ("TPE (FIFO)", "optuna", False, False),
+        ("before: stock OptunaSearch (TPE) + ASHA rf 4", "optuna", True, True),
+        ("before: stock OptunaSearch (TPE), FIFO", "optuna", False, True),
     ):
-        costs = [
-            replay(scores, target, sampler, asha, s, cap, repeats, args.reduction_factor)
-            for s in range(args.seeds)
-        ]
+        with contextlib.redirect_stdout(io.StringIO()):  # the searcher's "space ran out" lines
+            costs = [
+                replay(scores, target, algorithm, use_asha, s, cap, plain, args.reduction_factor)
+                for s in range(args.seeds)
+            ]
         r = summarise(costs)
         ratio = r["mean"] / grid_cost
         headline = headline if headline is not None else ratio
