@@ -93,6 +93,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int | None = None
     compile: bool = False
+    amp: bool = True  # on CUDA: autocast to bf16 where supported, else fp16 with a GradScaler
     test_fault: str | None = field(default=None, repr=False)  # test-only fault injection
 
     # ------------------------------------------------------------------

@@ -156,10 +156,10 @@ class TrainingRun:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.history: list[EpochReport] = []
-        cuda = self.device.type == "cuda"
-        bf16 = cuda and torch.cuda.is_bf16_supported()
+        self.amp = self.device.type == "cuda" and cfg.amp
+        bf16 = self.amp and torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and not bf16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not bf16)
 
     # ------------------------------------------------------------------ data
     def epoch_batches(self, epoch: int) -> list[Batch]:
@@ -230,7 +230,7 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ training
     def autocast(self):
-        if self.device.type == "cuda":
+        if self.amp:
             return torch.autocast("cuda", dtype=self.amp_dtype)
         return nullcontext()
 
