@@ -471,13 +471,31 @@ def train_and_evaluate(
     }
 
 
+def _parse_bool(text: str) -> bool:
+    import argparse
+
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _field_parser():
-    """argparse options generated from the Config fields (one source of truth)."""
+    """argparse options generated from the Config fields (one source of truth); a bad option
+    is a one-line ConfigError, like every other user error."""
     import argparse
     import dataclasses
     import typing
 
-    parser = argparse.ArgumentParser(
+    from berter.errors import ConfigError
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise ConfigError(message)
+
+    parser = Parser(
         prog="python -m berter.train",
         description="Train and evaluate one configuration; prints its metrics as JSON.",
     )
@@ -488,7 +506,7 @@ def _field_parser():
         hint = str(hints[f.name])
         kind = int if "int" in hint else float if "float" in hint else str
         if "bool" in hint:
-            kind = lambda s: s.lower() in ("1", "true", "yes", "on")  # noqa: E731
+            kind = _parse_bool
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
@@ -505,9 +523,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from berter.errors import BerterError
 
-    args = {k: v for k, v in vars(_field_parser().parse_args(argv)).items() if v is not None}
     try:
-        cfg = Config.from_dict(args)
+        parsed = vars(_field_parser().parse_args(argv))
+        cfg = Config.from_dict({k: v for k, v in parsed.items() if v is not None})
         result = train_and_evaluate(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
     except BerterError as exc:
         print(f"error: {exc}", file=sys.stderr)

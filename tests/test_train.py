@@ -96,6 +96,22 @@ def test_cli_rejects_a_bad_value_with_one_line_and_exit_2(capsys):
     assert len(err) == 1 and "dropout" in err[0]
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--amp", "maybe"], "--amp: expected true or false, got 'maybe'"),
+        (["--lr", "fast"], "--lr: invalid float value"),
+        (["--warp", "9"], "unrecognized arguments: --warp"),
+    ],
+)
+def test_cli_rejects_a_malformed_option_with_one_line_before_training(argv, message, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and "\n" not in err
+    assert err.startswith("error: ") and message in err
+
+
 def test_cli_reports_a_missing_data_dir_with_exit_2(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path / "nope")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
