@@ -56,7 +56,7 @@ import pandas as pd
 import torch
 
 from berter.config import DEFAULT_MODEL
-from berter.errors import BerterError, ConfigError, DataError
+from berter.errors import ArgumentParser, BerterError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -647,7 +647,7 @@ def check(data_dir: str | Path, tasks: Sequence[str] | None = None) -> dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m berter.data",
         description="\n\n".join(__doc__.split("\n\n")[1:4]),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -44,7 +44,7 @@ import torch
 
 from berter.config import Config
 from berter.data import Batch, EncodedSplit, Task, encode, get_task, make_batches, read_task
-from berter.errors import BerterError, ConfigError, DataError
+from berter.errors import ArgumentParser, BerterError, ConfigError, DataError
 from berter.exits import EXIT_METHODS, ExitContext, ExitMethod, calibrate, select_state
 from berter.metrics import metric_column, task_metric
 from berter.model import MultiExitBert
@@ -375,7 +375,7 @@ def read_examples(task: Task, datafile: str | Path) -> list:
 
 # ----------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m berter.infer",
         description="Early-exit inference on a data file with a saved checkpoint; "
         "prints the metric, the average exit layer and the wall-clock speedup.",

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from berter.config import AXES, variant_name
-from berter.errors import BerterError, DataError
+from berter.errors import ArgumentParser, BerterError, DataError
 
 FILES = {"trials": "trials.parquet", "epochs": "epochs.parquet", "exits": "exits.parquet"}
 FINISHED = ("terminated", "stopped-early")  # trials whose scores are final
@@ -1156,7 +1156,7 @@ def print_report(report: Report, console: Any = None) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python sweeps/report.py",
         description=(
             "Comparison report of a sweep: variant table (BERTer Table 2 shape), ablation, "

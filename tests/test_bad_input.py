@@ -287,3 +287,23 @@ def test_set_and_range_reach_the_plan(tmp_path):
     )[0]
     assert narrowed.params[0]["choices"] == (8, 16)
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("berter.infer", ["ckpt", "data.csv", "--batch-size", "x"], "invalid int value: 'x'"),
+        ("berter.infer", [], "required: checkpoint, datafile"),
+        ("berter.report", ["--nope"], "required: results"),
+        ("berter.data", ["fetch"], "invalid choice: 'fetch'"),
+        ("berter.data", ["check"], "required: dir"),
+    ],
+)
+def test_every_command_line_reports_a_malformed_option_in_one_line(module, argv, message, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
