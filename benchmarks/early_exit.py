@@ -174,12 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--train-threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="training epochs (default: 1)")
+    p.add_argument("--calib-max", type=int, help="calibration examples per task (default 250)")
     p.add_argument("--save", help="also save each model as an inference checkpoint under this dir")
     args = p.parse_args(argv)
     if not args.data_dir.is_dir():
         print(f"error: {args.data_dir}: no CS224N data directory", file=sys.stderr)
         return 2
     s = settings(args.quick)
+    if args.epochs is not None:
+        s["epochs"] = args.epochs
+    if args.calib_max is not None:
+        s["calib_max"] = args.calib_max
     methods = [m for m in args.methods.split(",") if m]
     start = time.perf_counter()
     runs: dict[str, TrainingRun] = {}
