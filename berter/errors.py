@@ -16,6 +16,14 @@ class ConfigError(BerterError):
     """A config value, a variant combination or a command-line option is invalid."""
 
 
+class RaisingArgumentParser(argparse.ArgumentParser):
+    """argparse whose malformed options raise ConfigError, for a ``main`` that already turns
+    BerterError into one line and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for the command lines: a malformed option is one line on stderr and exit 2
     (no usage block; ``--help`` shows it)."""

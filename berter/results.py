@@ -345,9 +345,8 @@ class ResultsWriter(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(
-            trials={}, epochs={}, exits={}, checkpoints={}, last={}
-        )  # the files are the state
+        # the files are the state
+        state.update(trials={}, epochs={}, exits={}, checkpoints={}, last={})
         return state
 
     # -- loading

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from berter.config import Config
-from berter.errors import BerterError, ConfigError
+from berter.errors import BerterError, ConfigError, RaisingArgumentParser
 from berter.search import (
     BY_NAME,
     Param,
@@ -86,22 +86,15 @@ Scheduling: ASHA (grace period 1 epoch, max_t = the longest trial's epochs, redu
 factor 2 for runs of up to 4 epochs, else 3) stops weak trials early; its time axis counts
 main epochs, so a Sequential Layer Focus warm-up epoch is not compared with full epochs of
 other variants. A configuration is never run twice (training is seeded: it would report
-the same scores), and trials ASHA stopped are told to Optuna as pruned. A two-objective --objective uses FIFO
-(ASHA is single-objective) and prints the Pareto front.
+the same scores), and trials ASHA stopped are told to Optuna as pruned. A two-objective
+--objective uses FIFO (ASHA is single-objective) and prints the Pareto front.
 
 Results: <results>/<name>/trials.parquet, epochs.parquet, exits.parquet; --resume continues
 an interrupted sweep from <results>/<name>/ray with the options in its sweep.json."""
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2), like every other user error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(message)
-
-
 def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
-    p = Parser(
+    p = RaisingArgumentParser(
         prog=prog,
         description="Hyperparameter sweep over early-exit multitask BERT variants (Ray Tune + Optuna).",
         epilog=EPILOG,

@@ -485,17 +485,12 @@ def _parse_bool(text: str) -> bool:
 def _field_parser():
     """argparse options generated from the Config fields (one source of truth); a bad option
     is a one-line ConfigError, like every other user error."""
-    import argparse
     import dataclasses
     import typing
 
-    from berter.errors import ConfigError
+    from berter.errors import RaisingArgumentParser
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:  # type: ignore[override]
-            raise ConfigError(message)
-
-    parser = Parser(
+    parser = RaisingArgumentParser(
         prog="python -m berter.train",
         description="Train and evaluate one configuration; prints its metrics as JSON.",
     )

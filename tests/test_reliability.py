@@ -28,11 +28,9 @@ import ray
 import torch
 import yaml
 from ray import tune
-from tiny import tiny_backbone, tiny_config
-from transformers import AutoTokenizer
+from tiny import tiny_config
 
 from berter.config import AXES
-from berter.data import packaged_model_path
 from berter.errors import ConfigError
 from berter.results import FILES, ResultsWriter, read_results
 from berter.search import Variant
@@ -49,15 +47,6 @@ from berter.trainable import (
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.2
 SWEEP_TIMEOUT_S = 240  # generous: the machine may be shared
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    """A random 3-layer BERT saved with the packaged tokenizer: a --model directory."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tiny_backbone(layers=3).save_pretrained(path)
-    AutoTokenizer.from_pretrained(packaged_model_path()).save_pretrained(path)
-    return str(path)
 
 
 def sweep_args(model: str, results: Path, name: str, *extra: str) -> list[str]:

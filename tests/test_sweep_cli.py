@@ -14,11 +14,8 @@ from pathlib import Path
 import pytest
 import ray
 from ray import tune
-from tiny import tiny_backbone
-from transformers import AutoTokenizer
 
 from berter.cli import main as berter_main
-from berter.data import packaged_model_path
 from berter.results import read_results
 from berter.sweep import SWEEP_FILE, build_parser, make_plan, run
 from berter.sweep import main as sweep_main
@@ -34,15 +31,6 @@ TRIAL_COLUMNS = [
 ]  # fmt: skip
 EPOCH_COLUMNS = ["trial_id", "epoch", "phase", "epoch_seconds", "train_loss", "dev_score"]
 EXIT_COLUMNS = ["trial_id", "task", "exit_method", "threshold", "metric", "avg_exit_layer"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    """A random 3-layer BERT saved with the packaged tokenizer: a --model directory."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tiny_backbone(layers=3).save_pretrained(path)
-    AutoTokenizer.from_pretrained(packaged_model_path()).save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
