@@ -38,10 +38,12 @@ def sweep_command(args: argparse.Namespace) -> list[str]:
     if args.resume:
         return [*cmd, "--resume"]
     cmd += [
-        "--search", "lr", "--range", "lr=6e-5:1.5e-4", "--variants", VARIANTS,
+        "--search", "lr", "--range", f"lr={args.lr_range}", "--variants", args.variants,
         "--data-dir", str(args.data_dir), "--epochs", str(args.epochs),
         "--num-samples", str(args.trials), "--cpus-per-trial", str(args.cpus),
     ]  # fmt: skip
+    for setting in args.set:
+        cmd += ["--set", setting]
     if args.quick:
         cmd += ["--max-train", "300", "--max-dev", "300"]
     return cmd
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="epochs per trial (default 3; --quick 1)")
     p.add_argument("--trials", type=int, default=3, help="one per pair encoding by default")
     p.add_argument("--cpus", type=int, default=2, help="CPUs per trial")
+    p.add_argument("--variants", default=VARIANTS, help="sweeps/run.py --variants filter")
+    p.add_argument("--lr-range", default="6e-5:1.5e-4", help="searched learning rate LOW:HIGH")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix a setting for every trial (sweeps/run.py --set; repeatable)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the named sweep")
     p.add_argument("--report", action="store_true", help="only report the results so far")
     args = p.parse_args(argv)
