@@ -105,7 +105,7 @@ def trial_schema(tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS) -> pa.Schem
             ("variant", STR), ("preset", STR), *[(a, STR) for a in AXES],
             *HYPERPARAMETERS,
             *METRICS, *task_metric_fields(tasks),
-            ("train_seconds", F64), ("epochs_done", I64), ("epochs_planned", I64),
+            ("train_seconds", F64), ("setup_seconds", F64), ("epochs_done", I64), ("epochs_planned", I64),
             ("best_epoch", I64), ("checkpoint", STR),
             ("model", STR), ("seed", I64), ("data_source", STR), ("sweep", STR),
             ("started_at", TS), ("updated_at", TS),
@@ -450,7 +450,8 @@ class ResultsWriter(tune.Callback):
             return
         row = self._base_row(trial)
         row["status"] = "running"
-        for key in ("started_at", "data_source", "model", "seed", "preset", "epochs_planned"):
+        for key in ("started_at", "setup_seconds", "data_source", "model", "seed", "preset",
+                    "epochs_planned"):  # fmt: skip
             if result.get(key) is not None:
                 row[key] = result[key]
         epoch = int(result["epoch"])

@@ -1,8 +1,10 @@
 """The sweep driver behind ``python sweeps/run.py`` and ``berter sweep``.
 
 Everything the user can get wrong (options, search names, variants, data, model, results
-directory) is checked before Ray starts; a problem is one line on stderr and exit status 2,
-with nothing written. Then it starts (or joins) Ray, runs a ``tune.Tuner`` with Optuna's TPE
+directory) is checked before any trial starts; a problem is one line on stderr and exit
+status 2, with nothing written. A private local Ray instance is started while the backbone
+is checked (both take seconds; a failed check shuts it down again, silently); a cluster is
+joined after every check. Then it runs a ``tune.Tuner`` with Optuna's TPE
 behind a ConcurrencyLimiter and ASHA, and keeps ``trials/epochs/exits.parquet`` current
 through :class:`berter.results.ResultsWriter`.
 
@@ -19,8 +21,9 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -332,14 +335,18 @@ def resume_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
-    """Resolve and validate every option of a new sweep (and load its data); nothing is written."""
-    from berter.results import Store
+def make_plan(
+    args: argparse.Namespace, alongside: Callable[[], None] | None = None
+) -> tuple[Plan, Any]:
+    """Resolve and validate every option of a new sweep (and load its data); nothing is written.
 
+    The options that need no imports are checked first; then ``alongside`` (the sweep starts
+    Ray there) runs in this thread while the rest (config, variants, results directory, data,
+    model: seconds of torch / transformers imports) is checked in another.
+    """
     if not args.search:
         raise ConfigError("--search is required, e.g. --search lr,batch,dropout")
     params = parse_search(args.search)
-    searched_axes = [BY_NAME[p.name].field for p in params if p.kind == "axis"]
     hyper = [p for p in params if p.kind != "axis"]
     settings = parse_settings(args.set, params)
     if "epochs" in settings and args.epochs is not None:
@@ -366,6 +373,23 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
     name = args.name or f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
     if not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
         raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+    return concurrently(
+        lambda: _resolve_plan(args, name, params, hyper, settings, objective), alongside
+    )
+
+
+def _resolve_plan(
+    args: argparse.Namespace,
+    name: str,
+    params: list[Param],
+    hyper: list[Param],
+    settings: dict[str, Any],
+    objective: list[str],
+) -> tuple[Plan, Any]:
+    """The part of :func:`make_plan` that imports the heavy libraries and reads files."""
+    from berter.results import Store
+
+    searched_axes = [BY_NAME[p.name].field for p in params if p.kind == "axis"]
     directory = _results_dir(args.results, name)
     _check_writable(directory)
     store = Store(directory)
@@ -433,7 +457,6 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
     with data_warnings() as warned:
         data = load_data_of(base)
     notes += warned
-    num_layers = _check_model(base.model)
     task_defs = [data.splits[t].task for t in tasks]
     top = (
         max(p.high for p in hyper if p.name == "epochs")
@@ -442,6 +465,8 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
     )
     # the epoch count depends on the strategy and SLF only: one throwaway model per pair
     pairs = {(v.axes["strategy"], v.axes["slf"]): v for v in variants}
+
+    num_layers = _check_model(base.model)
     max_t = max(
         main_epochs(base.replace(**v.axes, epochs=int(top)), num_layers, task_defs)
         for v in pairs.values()
@@ -483,6 +508,31 @@ def make_plan(args: argparse.Namespace) -> tuple[Plan, Any]:
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
     ), data
+
+
+def concurrently(work: Callable[[], Any], alongside: Callable[[], None] | None) -> Any:
+    """``work()`` in a helper thread while ``alongside()`` runs in this one (Ray's start
+    installs a signal handler, so it wants the main thread); returns ``work``'s value and
+    raises its exception here, after both have finished."""
+    if alongside is None:
+        return work()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # re-raised in the calling thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="berter-check", daemon=True)
+    thread.start()
+    try:
+        alongside()
+    finally:
+        thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -541,23 +591,25 @@ def quiet_ray() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, quiet: bool = False) -> bool:
+    """Join the cluster at ``address`` or start a private local instance; False when Ray was
+    already running. ``quiet``: hold back Ray's start-up warnings (the sweep starts it before
+    its last check, whose error must stay the only line)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
-        import torch
-
         ray.init(  # "local": a private instance, never a cluster `ray start` left running here
-            address="local",
+            address="local",  # GPUs: Ray's own detection (no torch import in this thread)
             num_cpus=os.cpu_count() or 1,
-            num_gpus=torch.cuda.device_count(),
             include_dashboard=False,
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR if quiet else logging.WARNING,
         )
+        logging.getLogger("ray").setLevel(logging.WARNING)
+    return True
 
 
 def default_concurrency(plan: Plan) -> int:
@@ -744,6 +796,17 @@ def run(
     return 0 if finished else 1
 
 
+def early_ray(started: list[bool]) -> Callable[[], None]:
+    """Start the local Ray instance quietly (seconds, overlapped with the model check)."""
+
+    def start() -> None:
+        quiet_ray()
+        if start_ray(None, quiet=True):
+            started.append(True)
+
+    return start
+
+
 def announce(plan: Plan, resume: bool) -> None:
     """The first lines of output: the data source (real or not), then the plan."""
     if plan.data_is_demo:
@@ -773,6 +836,7 @@ def main(
 ) -> int:
     """Command-line entry point; ``callbacks`` are extra Tune callbacks (tests use them)."""
     parser = build_parser(prog)
+    started: list[bool] = []  # whether this call started Ray (to stop it on a late error)
     try:
         args = parser.parse_args(argv)
         if args.resume:
@@ -791,9 +855,13 @@ def main(
             with data_warnings():  # already noted when the sweep started
                 data = load_data_of(Config.from_dict(plan.base))
         else:
-            plan, data = make_plan(args)
+            plan, data = make_plan(args, alongside=None if args.address else early_ray(started))
         injected_faults(plan)
     except BerterError as exc:
+        if started:  # nothing ran on it; the error stays the only output
+            import ray
+
+            ray.shutdown()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     announce(plan, args.resume)

@@ -220,6 +220,7 @@ def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = 
     from berter.exits import thresholds_from_metrics
     from berter.train import TrainingRun
 
+    entered, setup_started = datetime.now(timezone.utc), time.perf_counter()
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
     cfg = sweep.resolve(config)
     fault = claim_fault(sweep, tune.get_context().get_trial_id())
@@ -233,11 +234,12 @@ def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = 
         cfg = dataclasses.replace(cfg, num_threads=cpus)
         torch.set_num_threads(cpus)
     run = TrainingRun(cfg, data, device=device)
-    meta = {"started_at": datetime.now(timezone.utc).isoformat()}
+    meta = {"started_at": entered.isoformat()}  # a resumed trial keeps its first start's
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             meta.update(load_checkpoint(run, directory))
+    setup_seconds = time.perf_counter() - setup_started  # model, data encoding, checkpoint
     num_epochs = run.strategy.num_epochs
     if run.epoch >= num_epochs:
         return  # the checkpoint is of the final epoch: nothing left to train
@@ -246,6 +248,7 @@ def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = 
         "variant": variant.name,
         "preset": variant.preset,
         "started_at": meta["started_at"],
+        "setup_seconds": setup_seconds,
         "data_source": run.data.source,
         "model": cfg.model,
         "seed": cfg.seed,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import berter.sweep
 from berter.sweep import SWEEP_FILE
 from berter.sweep import main as sweep_main
 from berter.trainable import FAULT_ENV
@@ -226,7 +227,15 @@ def check_one_line(rc: int, out: str, err: str, message: str) -> None:
     assert message in err, err
 
 
+@pytest.fixture
+def no_early_ray(monkeypatch):
+    """In-process cases check without starting Ray (seconds each); the script cases below
+    run the real sweep, which starts Ray during the late checks and stops it on an error."""
+    monkeypatch.setattr(berter.sweep, "early_ray", lambda started: None)
+
+
 @pytest.mark.parametrize("case", sorted(set(CASES) - SUBPROCESS))
+@pytest.mark.usefixtures("no_early_ray")
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, capsys):
     make_argv, message = CASES[case]
     argv = make_argv(tmp_path)
@@ -257,6 +266,7 @@ def test_the_catalogue_covers_at_least_fifteen_inputs():
     assert len(CASES) >= 15 and SUBPROCESS <= set(CASES)
 
 
+@pytest.mark.usefixtures("no_early_ray")
 def test_malformed_test_fault_variable_is_a_user_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "raise@2,explode@1")
     before = snapshot(tmp_path)
@@ -307,3 +317,17 @@ def test_every_command_line_reports_a_malformed_option_in_one_line(module, argv,
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys):
+    """Ray starts while the model is checked; a bad model stops it again, silently."""
+    import ray
+
+    assert not ray.is_initialized()
+    argv = empty_model_dir(tmp_path)
+    before = snapshot(tmp_path)
+    rc = sweep_main(argv)
+    captured = capsys.readouterr()
+    check_one_line(rc, captured.out, captured.err, "cannot load model")
+    assert not ray.is_initialized()
+    assert snapshot(tmp_path) == before

@@ -27,7 +27,8 @@ TRIAL_COLUMNS = [
     "weight_decay", "warmup_ratio", "smart_lambda", "smart_step", "lte_lr", "lambda_lr",
     "patience", "dev_score", "sst_acc", "para_acc", "sts_corr", "dev_score_exit",
     "avg_exit_layer", "layers_saved", "speedup_wall", "train_seconds", "epochs_done",
-    "best_epoch", "checkpoint", "model", "seed", "started_at", "data_source", "layer_scores",
+    "best_epoch", "checkpoint", "model", "seed", "started_at", "setup_seconds", "data_source",
+    "layer_scores",
 ]  # fmt: skip
 EPOCH_COLUMNS = ["trial_id", "epoch", "phase", "epoch_seconds", "train_loss", "dev_score"]
 EXIT_COLUMNS = ["trial_id", "task", "exit_method", "threshold", "metric", "avg_exit_layer"]
@@ -67,6 +68,8 @@ def test_three_trial_sweep_writes_the_three_tables(local_ray, tiny_model, tmp_pa
     assert len(epochs) == 6 and trials.epochs_done.tolist() == [2, 2, 2]
     assert set(exits.trial_id) == set(trials.trial_id)
     assert trials.data_source.eq("demo").all() and trials.lr.nunique() == 3
+    # started_at is when the trial's code began; its model and data set-up is timed apart
+    assert (trials.setup_seconds > 0).all() and (trials.started_at < trials.updated_at).all()
     assert (tmp_path / "three" / SWEEP_FILE).exists() and (tmp_path / "three" / "ray").is_dir()
     assert "best trials by dev_score" in out and "[" in out  # progress lines and summary
     # each trial row names its best epoch's checkpoint, which `berter infer` runs as it is
