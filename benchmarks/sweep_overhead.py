@@ -5,7 +5,9 @@ Both sides run as fresh processes (interpreter start-up and imports count on bot
 concurrency 1, on the same data and backbone; the direct side trains exactly the
 configurations the sweep's trials used (read back from ``trials.parquet``), with the same
 per-epoch evaluation. Also reported: the driver's start-up to first trial, from launching
-``sweeps/run.py`` to the first trial's ``started_at``.
+``sweeps/run.py`` to the first trial's ``started_at`` (when its code began), and that trial's
+own set-up before training (``setup_seconds``: model load, data encoding), which the direct
+side pays too.
 
     python benchmarks/sweep_overhead.py [--quick] [--trials N] [--data-dir DIR]
 
@@ -28,8 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float]:
-    """Run the sweep; return (total wall seconds, seconds from launch to first trial)."""
+def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float, float]:
+    """Run the sweep; return (total wall seconds, seconds from launch to first trial, that
+    trial's set-up seconds)."""
     data = ["--data-dir", args.data_dir] if args.data_dir else ["--data", "demo"]
     cmd = [
         sys.executable,
@@ -63,8 +66,8 @@ def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float]:
     import pandas as pd
 
     trials = pd.read_parquet(results / "overhead" / "trials.parquet")
-    first = trials["started_at"].min().to_pydatetime()
-    return total, (first - launched).total_seconds()
+    first = trials.sort_values("started_at").iloc[0]
+    return total, (first.started_at.to_pydatetime() - launched).total_seconds(), first.setup_seconds
 
 
 def trial_configs(results: Path) -> list[dict]:
@@ -131,7 +134,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp)
-        sweep_s, startup_s = run_sweep(args, results)
+        sweep_s, startup_s, setup_s = run_sweep(args, results)
         configs = trial_configs(results)
         cfg_file = results / "configs.json"
         cfg_file.write_text(json.dumps(configs))
@@ -147,7 +150,10 @@ def main() -> None:
         f"{args.max_dev} dev per task, concurrency 1, {args.cpus} CPU(s)"
     )
     print(f"sweeps/run.py: {sweep_s:.1f} s; direct in one process: {direct_s:.1f} s")
-    print(f"driver start-up to first trial: {startup_s:.1f} s")
+    print(
+        f"driver start-up to first trial: {startup_s:.1f} s "
+        f"(then that trial's model and data set-up: {setup_s:.1f} s)"
+    )
     print(f"wall-clock ratio sweep/direct: {sweep_s / direct_s:.3f}")
 
 

@@ -139,15 +139,25 @@ def to_plain(obj: Any, where: str = "state") -> Any:
 
 
 def save_checkpoint(
-    run: Any, directory: str | Path, meta: dict[str, Any], thresholds: dict[str, Any] | None = None
+    run: Any,
+    directory: str | Path,
+    meta: dict[str, Any],
+    thresholds: dict[str, Any] | None = None,
+    optimizer: bool = True,
 ) -> None:
     """The TrainingRun state to resume from, plus the inference files (berter.infer's format
     minus model.pt, whose weights are in the state), so ``berter infer`` runs on a trial's
-    checkpoint as it is; ``thresholds`` are the epoch's calibrated operating params."""
+    checkpoint as it is; ``thresholds`` are the epoch's calibrated operating params.
+
+    ``optimizer=False`` leaves out the optimiser and schedule (AdamW's two moments: twice the
+    model's size): a checkpoint of the last epoch is only ever read for its weights."""
     from berter.infer import save_model
 
     directory = Path(directory)
-    torch.save(to_plain(run.state_dict()), directory / CHECKPOINT_FILE)
+    state = run.state_dict()
+    if not optimizer:
+        state.update(optimizer=None, scheduler=None)
+    torch.save(to_plain(state), directory / CHECKPOINT_FILE)
     (directory / META_FILE).write_text(json.dumps(meta))
     if thresholds is None:
         thresholds = dict.fromkeys(run.cfg.tasks)
@@ -268,7 +278,9 @@ def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = 
             result["speedup_seconds"] = time.perf_counter() - started
         with tempfile.TemporaryDirectory(prefix="berter-ckpt-") as directory:
             thresholds = thresholds_from_metrics(report.metrics, list(cfg.tasks))
-            save_checkpoint(run, directory, {**meta, "epoch": report.epoch}, thresholds)
+            last = report.epoch == num_epochs  # nothing left to resume: weights suffice
+            meta_epoch = {**meta, "epoch": report.epoch}
+            save_checkpoint(run, directory, meta_epoch, thresholds, optimizer=not last)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
         if report.epoch == stall_after:
             time.sleep(STALL_SECONDS)

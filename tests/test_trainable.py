@@ -77,6 +77,28 @@ def test_checkpoint_loads_with_weights_only_and_resumes_the_run(tmp_path):
     assert run.train_epoch().train_loss == pytest.approx(fresh.train_epoch().train_loss, rel=1e-5)
 
 
+def test_last_epoch_checkpoint_keeps_the_weights_but_not_the_optimizer(tmp_path):
+    cfg = tiny_config(epochs=1)
+    run = TrainingRun(cfg, backbone=tiny_backbone())
+    run.train_epoch()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "last").mkdir()
+    save_checkpoint(run, tmp_path / "full", {})
+    save_checkpoint(run, tmp_path / "last", {}, optimizer=False)
+    full = torch.load(tmp_path / "full" / CHECKPOINT_FILE, weights_only=True)
+    last = torch.load(tmp_path / "last" / CHECKPOINT_FILE, weights_only=True)
+    assert full["optimizer"] is not None and last["optimizer"] is None
+    assert last["scheduler"] is None and last["epoch"] == full["epoch"] == 1
+    size = (tmp_path / "last" / CHECKPOINT_FILE).stat().st_size
+    assert size < (tmp_path / "full" / CHECKPOINT_FILE).stat().st_size / 2
+    # a resume from it finds the run finished, with the trained weights
+    fresh = TrainingRun(cfg, backbone=tiny_backbone(seed=1))
+    load_checkpoint(fresh, tmp_path / "last")
+    assert fresh.epoch == fresh.strategy.num_epochs
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, fresh.model.state_dict()[k]), k
+
+
 def test_trial_checkpoint_is_an_inference_checkpoint_without_a_second_copy_of_weights(tmp_path):
     assert CHECKPOINT_FILE == STATE_FILE  # berter.infer reads the trainable's state file
     cfg = tiny_config(strategy="joint", exit_method="confidence")
