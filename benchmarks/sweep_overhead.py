@@ -27,12 +27,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float, float]:
-    """Run the sweep; return (total wall seconds, seconds from launch to first trial, that
-    trial's set-up seconds)."""
+def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float, pd.DataFrame]:
+    """Run the sweep; return (total wall seconds, seconds from launch to first trial, the
+    trials table)."""
     data = ["--data-dir", args.data_dir] if args.data_dir else ["--data", "demo"]
     cmd = [
         sys.executable,
@@ -63,11 +65,9 @@ def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float, fl
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     total = time.perf_counter() - start
-    import pandas as pd
-
     trials = pd.read_parquet(results / "overhead" / "trials.parquet")
     first = trials.sort_values("started_at").iloc[0]
-    return total, (first.started_at.to_pydatetime() - launched).total_seconds(), first.setup_seconds
+    return total, (first.started_at.to_pydatetime() - launched).total_seconds(), trials
 
 
 def trial_configs(results: Path) -> list[dict]:
@@ -110,8 +110,16 @@ def direct(configs_file: str, data_dir: str | None, threads: int) -> None:
         calib_fraction=first.calib_fraction,
         calib_max=first.calib_max,
     )
+    times = {"setup": 0.0, "train": 0.0, "fit": 0.0}
     for values in configs:
-        TrainingRun(Config.from_dict({**values, "data_dir": data_dir}), data).fit()
+        started = time.perf_counter()
+        run = TrainingRun(Config.from_dict({**values, "data_dir": data_dir}), data)
+        built = time.perf_counter()
+        run.fit()
+        times["setup"] += built - started
+        times["fit"] += time.perf_counter() - built
+        times["train"] += run.train_seconds
+    Path(configs_file).with_suffix(".times.json").write_text(json.dumps(times))
 
 
 def main() -> None:
@@ -134,7 +142,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp)
-        sweep_s, startup_s, setup_s = run_sweep(args, results)
+        sweep_s, startup_s, trials = run_sweep(args, results)
         configs = trial_configs(results)
         cfg_file = results / "configs.json"
         cfg_file.write_text(json.dumps(configs))
@@ -144,15 +152,26 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT)
         direct_s = time.perf_counter() - start
+        times = json.loads(cfg_file.with_suffix(".times.json").read_text())
 
     print(
         f"trials: {len(configs)} x {args.epochs} epoch(s), {args.max_train} train / "
         f"{args.max_dev} dev per task, concurrency 1, {args.cpus} CPU(s)"
     )
     print(f"sweeps/run.py: {sweep_s:.1f} s; direct in one process: {direct_s:.1f} s")
+    first = trials.sort_values("started_at").iloc[0]
     print(
         f"driver start-up to first trial: {startup_s:.1f} s "
-        f"(then that trial's model and data set-up: {setup_s:.1f} s)"
+        f"(then that trial's model and data set-up: {first.setup_seconds:.1f} s)"
+    )
+    # where the difference goes: training itself, per-trial set-up, and everything else
+    # (start-up, evaluation, checkpoints, Tune's bookkeeping, shutdown)
+    sweep_train, sweep_setup = trials.train_seconds.sum(), trials.setup_seconds.sum()
+    print(
+        f"training: {sweep_train:.1f} s in trials vs {times['train']:.1f} s direct; set-up "
+        f"{sweep_setup:.1f} vs {times['setup']:.1f} s; all else "
+        f"{sweep_s - sweep_train - sweep_setup:.1f} vs {direct_s - times['train'] - times['setup']:.1f} s "
+        f"(direct: {times['fit'] - times['train']:.1f} s of it evaluation)"
     )
     print(f"wall-clock ratio sweep/direct: {sweep_s / direct_s:.3f}")
 
