@@ -212,6 +212,8 @@ def summarise(costs: list[tuple[int, bool]]) -> dict:
     spent = [c for c, _ in costs]
     return {
         "mean": statistics.mean(spent),
+        # standard error of the mean: a miss costs the cap, so a few of them move the mean
+        "sem": statistics.stdev(spent) / len(spent) ** 0.5 if len(spent) > 1 else 0.0,
         "median": statistics.median(spent),
         "p90": sorted(spent)[int(0.9 * (len(spent) - 1))],
         "misses": sum(not ok for _, ok in costs),
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-train", type=int, help="training examples per task")
     p.add_argument("--max-dev", type=int, help="dev examples per task")
     p.add_argument("--epochs", type=int, help="epochs per grid point (ASHA's max_t)")
-    p.add_argument("--seeds", type=int, default=100, help="replays per searcher")
+    p.add_argument("--seeds", type=int, default=300, help="replays per searcher (seeds 0..N-1)")
     p.add_argument("--tolerance", type=float, default=0.005, help="dev score below the best")
     p.add_argument("--cap", type=float, default=3.0, help="stop a replay at this x grid cost")
     p.add_argument(
@@ -270,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(scores)} points; grid cost {grid_cost} trial-epochs "
         f"(trained in {table['train_seconds'] / 60:.1f} min)\n"
     )
-    print("| searcher | mean trial-epochs | median | 90th pct | misses | mean / grid |")
+    print("| searcher | mean trial-epochs (s.e.) | median | 90th pct | misses | mean / grid |")
     print("|---|---|---|---|---|---|")
-    print(f"| grid (exhaustive) | {grid_cost} | {grid_cost} | {grid_cost} | 0 | 1.00 |")
+    print(f"| grid (exhaustive) | {grid_cost} (0) | {grid_cost} | {grid_cost} | 0 | 1.00 |")
     headline = None
     for label, algorithm, use_asha, plain in (
         ("TPE + ASHA (as the sweep runs it)", "optuna", True, False),
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = r["mean"] / grid_cost
         headline = headline if headline is not None else ratio
         print(
-            f"| {label} | {r['mean']:.1f} | {r['median']:g} | {r['p90']} | {r['misses']}/"
+            f"| {label} | {r['mean']:.1f} ({r['sem']:.1f}) | {r['median']:g} | {r['p90']} | {r['misses']}/"
             f"{args.seeds} | {ratio:.2f} |",
             flush=True,
         )
