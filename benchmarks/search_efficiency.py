@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = r["mean"] / grid_cost
         headline = headline if headline is not None else ratio
         print(
-            f"| {label} | {r['mean']:.1f} ({r['sem']:.1f}) | {r['median']:g} | {r['p90']} | {r['misses']}/"
-            f"{args.seeds} | {ratio:.2f} |",
+            f"| {label} | {r['mean']:.1f} ({r['sem']:.1f}) | {r['median']:g} | {r['p90']} | "
+            f"{r['misses']}/{args.seeds} | {ratio:.2f} |",
             flush=True,
         )
     print(f"\ntrial-epochs ratio TPE+ASHA/grid: {headline:.2f}")

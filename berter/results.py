@@ -105,8 +105,8 @@ def trial_schema(tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS) -> pa.Schem
             ("variant", STR), ("preset", STR), *[(a, STR) for a in AXES],
             *HYPERPARAMETERS,
             *METRICS, *task_metric_fields(tasks),
-            ("train_seconds", F64), ("setup_seconds", F64), ("epochs_done", I64), ("epochs_planned", I64),
-            ("best_epoch", I64), ("checkpoint", STR),
+            ("train_seconds", F64), ("setup_seconds", F64), ("epochs_done", I64),
+            ("epochs_planned", I64), ("best_epoch", I64), ("checkpoint", STR),
             ("model", STR), ("seed", I64), ("data_source", STR), ("sweep", STR),
             ("started_at", TS), ("updated_at", TS),
         ]

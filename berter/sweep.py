@@ -2,9 +2,9 @@
 
 Everything the user can get wrong (options, search names, variants, data, model, results
 directory) is checked before any trial starts; a problem is one line on stderr and exit
-status 2, with nothing written. A private local Ray instance is started while the backbone
-is checked (both take seconds; a failed check shuts it down again, silently); a cluster is
-joined after every check. Then it runs a ``tune.Tuner`` with Optuna's TPE
+status 2, with nothing written. A private local Ray instance is started while the config,
+data and model are checked (both take seconds; a failed check shuts it down again,
+silently); a cluster is joined after every check. Then it runs a ``tune.Tuner`` with Optuna's TPE
 behind a ConcurrencyLimiter and ASHA, and keeps ``trials/epochs/exits.parquet`` current
 through :class:`berter.results.ResultsWriter`.
 
@@ -21,9 +21,9 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -463,10 +463,9 @@ def _resolve_plan(
         if any(p.name == "epochs" for p in hyper)
         else epochs
     )
+    num_layers = _check_model(base.model)
     # the epoch count depends on the strategy and SLF only: one throwaway model per pair
     pairs = {(v.axes["strategy"], v.axes["slf"]): v for v in variants}
-
-    num_layers = _check_model(base.model)
     max_t = max(
         main_epochs(base.replace(**v.axes, epochs=int(top)), num_layers, task_defs)
         for v in pairs.values()
@@ -516,23 +515,10 @@ def concurrently(work: Callable[[], Any], alongside: Callable[[], None] | None) 
     raises its exception here, after both have finished."""
     if alongside is None:
         return work()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = work()
-        except BaseException as exc:  # re-raised in the calling thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="berter-check", daemon=True)
-    thread.start()
-    try:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="berter-check") as pool:
+        checked = pool.submit(work)
         alongside()
-    finally:
-        thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+        return checked.result()
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

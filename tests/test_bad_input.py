@@ -319,15 +319,34 @@ def test_every_command_line_reports_a_malformed_option_in_one_line(module, argv,
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
 
 
-def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys):
+def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys, monkeypatch):
     """Ray starts while the model is checked; a bad model stops it again, silently."""
+    import threading
+
     import ray
 
+    seen: dict[str, object] = {}
+    start_ray, check_model = berter.sweep.start_ray, berter.sweep._check_model
+
+    def spy_start(*a, **k):
+        seen["ray thread"] = threading.current_thread()
+        seen["ray started"] = start_ray(*a, **k)
+        return seen["ray started"]
+
+    def spy_check(model):
+        seen["check thread"] = threading.current_thread()
+        return check_model(model)
+
+    monkeypatch.setattr(berter.sweep, "start_ray", spy_start)
+    monkeypatch.setattr(berter.sweep, "_check_model", spy_check)
     assert not ray.is_initialized()
     argv = empty_model_dir(tmp_path)
     before = snapshot(tmp_path)
     rc = sweep_main(argv)
     captured = capsys.readouterr()
     check_one_line(rc, captured.out, captured.err, "cannot load model")
+    # overlapped: Ray started in the main thread, the model checked in a helper thread
+    assert seen["ray started"] is True and seen["ray thread"] is threading.main_thread()
+    assert seen["check thread"] is not threading.main_thread()
     assert not ray.is_initialized()
     assert snapshot(tmp_path) == before
