@@ -47,7 +47,7 @@ class Param:
 
     name: str
     field: str
-    kind: str  # loguniform | uniform | int | choice | axis
+    kind: str  # loguniform | uniform | int | choice | axis | fixed (--set only)
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] = ()
@@ -140,19 +140,60 @@ def parse_search(spec: str) -> list[Param]:
     return [p for p in SPACE if p.name in names]
 
 
+# Config fields that --set can fix although they are not searched. Left out: fields with an
+# option of their own (--data-dir, --tasks, --model, --max-*, --seed), the variant axes
+# (--variants), and what a trial decides itself (device, threads) or tests inject.
+OWN_OPTION = {"data_dir", "tasks", "model", "max_train", "max_dev", "max_len", "seed"}
+NOT_SETTABLE = {*OWN_OPTION, *AXES, "device", "num_threads", "test_fault"}
+FIXED_ONLY: dict[str, dataclasses.Field] = {
+    f.name: f
+    for f in dataclasses.fields(Config)
+    if f.name not in NOT_SETTABLE and f.name not in {p.field for p in SPACE}
+}
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _settable(item: str, option: str) -> tuple[Param, str]:
     """``"lr=2e-5"`` -> (the lr Param, "2e-5"), for --set and --range."""
     name, sep, value = item.partition("=")
     name = ALIASES.get(name.strip(), name.strip())
     param = BY_NAME.get(name)
+    if param is None and option == "--set" and name in FIXED_ONLY:
+        param = Param(name, name, "fixed")
     if not sep or param is None or param.kind == "axis" or not value.strip():
-        names = ", ".join(p.name for p in SPACE if p.kind != "axis")
-        raise ConfigError(f"{option} {item!r}: give NAME=VALUE with NAME one of {names}")
+        names = [p.name for p in SPACE if p.kind != "axis"]
+        if option == "--set":
+            names += list(FIXED_ONLY)
+        raise ConfigError(f"{option} {item!r}: give NAME=VALUE with NAME one of {', '.join(names)}")
     return param, value.strip()
+
+
+def _typed_field(name: str, raw: str) -> Any:
+    """A --set value for a fixed-only field, as the type its annotation names."""
+    kind = str(FIXED_ONLY[name].type).replace(" ", "")
+    if kind.endswith("|None") and raw.lower() == "none":
+        return None
+    kind = kind.removesuffix("|None")
+    if kind == "bool":
+        if raw.lower() in TRUE + FALSE:
+            return raw.lower() in TRUE
+        raise ConfigError(f"--set {name}: {raw!r} is not one of true, false")
+    if kind == "str":
+        return raw
+    try:
+        value = float(raw)
+        if not math.isfinite(value) or (kind == "int" and not value.is_integer()):
+            raise ValueError
+    except ValueError:
+        want = "an integer" if kind == "int" else "a number"
+        raise ConfigError(f"--set {name}: {raw!r} is not {want}") from None
+    return int(value) if kind == "int" else value
 
 
 def _typed(param: Param, raw: str, option: str) -> Any:
     """A --set / --range value as the Config field's type."""
+    if param.kind == "fixed":
+        return _typed_field(param.field, raw)
     kind = type(param.choices[0]) if param.kind == "choice" else None
     try:
         if param.kind == "int" or kind is int:
@@ -172,7 +213,10 @@ def _typed(param: Param, raw: str, option: str) -> Any:
 
 
 def parse_settings(items: list[str] | None, searched: list[Param]) -> dict[str, Any]:
-    """``--set lr=2e-5 --set batch=32`` -> fixed Config values for every trial, validated."""
+    """``--set lr=2e-5 --set batch=32`` -> fixed Config values for every trial, validated.
+
+    Besides the searchable names, any other plain Config field can be fixed
+    (``--set task_order=proportional``, ``--set pooling=cls``)."""
     out: dict[str, Any] = {}
     for item in items or []:
         param, raw = _settable(item, "--set")

@@ -16,6 +16,7 @@ checkpoints, searcher and scheduler state).
 from __future__ import annotations
 
 import argparse
+import textwrap
 import contextlib
 import json
 import logging
@@ -33,6 +34,7 @@ from berter.config import Config
 from berter.errors import BerterError, ConfigError, RaisingArgumentParser
 from berter.search import (
     BY_NAME,
+    FIXED_ONLY,
     Param,
     SearchSpace,
     Variant,
@@ -65,11 +67,18 @@ OBJECTIVE_MODES = {
     "speedup_wall": "max",
 }
 
+def fixed_only_help() -> str:
+    """The --set-only names, wrapped to the help's width."""
+    return "\n".join(textwrap.wrap(", ".join(FIXED_ONLY), 88, initial_indent="  ", subsequent_indent="  "))
+
+
 EPILOG = f"""\
 searchable names (--search), default = the Config default, with its range when searched:
 {space_help()}
---set NAME=VALUE fixes a name for every trial (--set lr=2e-5 --set batch=32); --range
-NAME=LOW:HIGH (a choice: NAME=A|B) replaces a searched name's range (--range lr=1e-5:1e-3).
+--set NAME=VALUE fixes a name for every trial (--set lr=2e-5 --set batch=32), and also these
+Config fields, which are not searched (--set task_order=proportional):
+{fixed_only_help()}.
+--range NAME=LOW:HIGH (a choice: NAME=A|B) replaces a searched name's range (--range lr=1e-5:1e-3).
 The BERTer paper's best setting is lr 1.3e-5, batch 16, dropout 0.3, 5 epochs; the lr
 default is {Config.lr:g} because the packaged 6-layer backbone learns too slowly at 1.3e-5
 in a few epochs.

@@ -179,6 +179,23 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda t: demo(t, "--set", "lr=1e-4"),
         "--set lr conflicts with --search lr",
     ),
+    "unknown task order": (
+        lambda t: demo(t, "--set", "task_order=by_size"),
+        "task_order='by_size' is not one of round_robin, proportional",
+    ),
+    "amp not a boolean": (lambda t: demo(t, "--set", "amp=maybe"), "'maybe' is not one of true"),
+    "calib_max not an integer": (
+        lambda t: demo(t, "--set", "calib_max=1.5"),
+        "--set calib_max: '1.5' is not an integer",
+    ),
+    "--set a field with its own option": (
+        lambda t: demo(t, "--set", "max_train=10"),
+        "--set 'max_train=10': give NAME=VALUE",
+    ),
+    "--range a set-only field": (
+        lambda t: demo(t, "--range", "grad_clip=1:2"),
+        "--range 'grad_clip=1:2': give NAME=VALUE",
+    ),
     "log range through 0": (lambda t: demo(t, "--range", "lr=-1e-3:1e-3"), "needs LOW > 0"),
     "reversed range": (lambda t: demo(t, "--range", "lr=1e-3:1e-5"), "LOW must be below HIGH"),
     "dropout range past 1": (
@@ -297,6 +314,28 @@ def test_set_and_range_reach_the_plan(tmp_path):
     )[0]
     assert narrowed.params[0]["choices"] == (8, 16)
     assert not (tmp_path / "results").exists()
+
+
+def test_set_fixes_config_fields_that_are_not_searched(tmp_path):
+    """--set reaches any plain Config field, typed by its annotation (str, bool, int, float,
+    None)."""
+    from berter.config import Config
+    from berter.sweep import build_parser, make_plan
+
+    sets = ["task_order=proportional", "amp=off", "calib_max=200", "grad_clip=0.5"]
+    sets += ["exit_threshold=none", "pooling=cls"]
+    argv = demo(tmp_path, *[a for s in sets for a in ("--set", s)])
+    plan, _ = make_plan(build_parser().parse_args(argv))
+    fixed = {k: plan.base[k] for k in ("task_order", "amp", "calib_max", "grad_clip", "pooling")}
+    assert fixed == {
+        "task_order": "proportional",
+        "amp": False,
+        "calib_max": 200,
+        "grad_clip": 0.5,
+        "pooling": "cls",
+    }
+    assert plan.base["exit_threshold"] is None
+    assert Config.from_dict(plan.base).task_order == "proportional"
 
 
 @pytest.mark.parametrize(
