@@ -16,12 +16,12 @@ checkpoints, searcher and scheduler state).
 from __future__ import annotations
 
 import argparse
-import textwrap
 import contextlib
 import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -67,9 +67,12 @@ OBJECTIVE_MODES = {
     "speedup_wall": "max",
 }
 
+
 def fixed_only_help() -> str:
     """The --set-only names, wrapped to the help's width."""
-    return "\n".join(textwrap.wrap(", ".join(FIXED_ONLY), 88, initial_indent="  ", subsequent_indent="  "))
+    return "\n".join(
+        textwrap.wrap(", ".join(FIXED_ONLY), 88, initial_indent="  ", subsequent_indent="  ")
+    )
 
 
 EPILOG = f"""\
