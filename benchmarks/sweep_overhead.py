@@ -9,7 +9,10 @@ per-epoch evaluation. Also reported: the driver's start-up to first trial, from 
 own set-up before training (``setup_seconds``: model load, data encoding), which the direct
 side pays too.
 
-    python benchmarks/sweep_overhead.py [--quick] [--trials N] [--data-dir DIR]
+    python benchmarks/sweep_overhead.py [--quick] [--trials N] [--data-dir DIR] [--address auto]
+
+``--address`` runs the sweep on a Ray instance that is already running (``ray start --head
+--num-cpus 2``), as a cluster user does: no Ray start or shutdown inside the timed sweep.
 
 Last line: ``wall-clock ratio sweep/direct: R``.
 """
@@ -60,6 +63,7 @@ def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float, pd
         "overhead",
         "--results",
         str(results),
+        *(["--address", args.address] if args.address else []),
     ]
     launched = datetime.now(timezone.utc)
     start = time.perf_counter()
@@ -131,6 +135,7 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=None)
     parser.add_argument("--max-dev", type=int, default=None)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs per trial (and direct threads)")
+    parser.add_argument("--address", help="sweep on this running Ray instance (e.g. auto)")
     parser.add_argument("--direct", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.direct:
@@ -157,6 +162,7 @@ def main() -> None:
     print(
         f"trials: {len(configs)} x {args.epochs} epoch(s), {args.max_train} train / "
         f"{args.max_dev} dev per task, concurrency 1, {args.cpus} CPU(s)"
+        + (f", Ray instance at {args.address}" if args.address else ", private Ray instance")
     )
     print(f"sweeps/run.py: {sweep_s:.1f} s; direct in one process: {direct_s:.1f} s")
     print(
