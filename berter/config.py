@@ -38,6 +38,7 @@ class Config:
     max_train: int | None = None  # per task
     max_dev: int | None = None  # per task
     task_order: str = "round_robin"
+    pair_swap: bool = False  # train each pair in a random order of its sentences, per epoch
     calib_fraction: float = 0.1  # training slice held out to choose exit thresholds
     calib_max: int = 500  # cap on that slice, per task
 

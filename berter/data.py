@@ -420,6 +420,28 @@ def encode(
     return EncodedSplit(task, layout, ids_a, ids_b, type_ids, labels, pad_id)
 
 
+def swapped(examples: list[Example]) -> list[Example]:
+    """The pairs with their sentences in the other order (paraphrase and similarity are
+    symmetric, so the label stays)."""
+    return [dataclasses.replace(ex, text_a=ex.text_b, text_b=ex.text_a) for ex in examples]
+
+
+def mix_orders(enc: EncodedSplit, other: EncodedSplit, rng: random.Random) -> EncodedSplit:
+    """Each example in one of its two encodings, drawn at random: a new mix every epoch
+    teaches a pair model both orders at the cost of one."""
+    pick = [rng.random() < 0.5 for _ in range(len(enc))]
+
+    def choose(a: list | None, b: list | None) -> list | None:
+        return None if a is None else [y if p else x for x, y, p in zip(a, b, pick, strict=True)]
+
+    return dataclasses.replace(
+        enc,
+        ids_a=choose(enc.ids_a, other.ids_a),
+        ids_b=choose(enc.ids_b, other.ids_b),
+        type_ids=choose(enc.type_ids, other.type_ids),
+    )
+
+
 # ----------------------------------------------------------------------------- batching
 TENSOR_FIELDS = (
     "labels", "index", "input_ids", "attention_mask", "token_type_ids",

@@ -32,7 +32,9 @@ from berter.data import (
     get_tokenizer,
     load_data,
     make_batches,
+    mix_orders,
     multitask_schedule,
+    swapped,
 )
 from berter.exits import ExitMethod, build_exit_method
 from berter.metrics import dev_score, metric_column, predict, task_metric
@@ -143,6 +145,10 @@ class TrainingRun:
                 split: encode(getattr(splits, split), task, self.tokenizer, cfg.max_len, layout)
                 for split in ("train", "dev", "calib")
             }
+            if cfg.pair_swap and task.is_pair:  # the other order, drawn per example each epoch
+                self.encoded[task.name]["train_swapped"] = encode(
+                    swapped(splits.train), task, self.tokenizer, cfg.max_len, layout
+                )
         self.model = MultiExitBert.from_config(cfg, self.tasks, backbone).to(self.device)
         if cfg.compile:
             self.forward = torch.compile(self.model)
@@ -165,10 +171,12 @@ class TrainingRun:
     def epoch_batches(self, epoch: int) -> list[Batch]:
         """The interleaved multitask batches of one epoch, deterministic under the seed."""
         seed = self.cfg.seed * 1000 + epoch
-        per_task = {
-            name: make_batches(enc["train"], int(self.cfg.batch_size), shuffle=True, seed=seed)
-            for name, enc in self.encoded.items()
-        }
+        per_task = {}
+        for name, enc in self.encoded.items():
+            train = enc["train"]
+            if "train_swapped" in enc:
+                train = mix_orders(train, enc["train_swapped"], random.Random(seed))
+            per_task[name] = make_batches(train, int(self.cfg.batch_size), shuffle=True, seed=seed)
         batches = multitask_schedule(per_task, self.cfg.task_order, seed)
         frac = self.strategy.epoch_fraction(epoch)
         if frac < 1.0:

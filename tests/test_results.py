@@ -188,6 +188,14 @@ def test_schema_fixes_column_types_even_for_missing_values():
     assert EXIT_SCHEMA.names[:4] == ["trial_id", "variant", "epoch", "task"]
 
 
+def test_every_field_a_sweep_can_search_or_fix_is_a_trials_column():
+    """What --search or --set can change per sweep is recorded per trial."""
+    from berter.search import FIXED_ONLY, SPACE
+
+    columns = set(trial_schema().names)
+    assert {p.field for p in SPACE} | set(FIXED_ONLY) <= columns
+
+
 def test_read_results_on_a_uri_and_with_nothing_written(tmp_path):
     empty = read_results(tmp_path / "nothing")
     assert all(df.empty for df in empty.values()) and "dev_score" in empty["trials"].columns

@@ -39,6 +39,45 @@ def test_batches_interleave_tasks_and_cover_the_training_data():
         assert seen == list(range(len(run.encoded[name]["train"].labels)))
 
 
+@pytest.mark.parametrize("concat", ["before_embed", "after_embed"])
+def test_pair_swap_trains_each_pair_once_per_epoch_in_a_fresh_random_order(concat):
+    run = TrainingRun(tiny_config(pair_swap=True, concat=concat), backbone=tiny_backbone())
+    enc, other = run.encoded["para"]["train"], run.encoded["para"]["train_swapped"]
+    assert "train_swapped" not in run.encoded["sst"]  # single sentences have no order
+    orders = []
+    for epoch in (0, 1):
+        seen = {}
+        for b in run.epoch_batches(epoch):
+            if b.task != "para":
+                continue
+            for pos, ids, mask in zip(b.index.tolist(), b.input_ids, b.attention_mask, strict=True):
+                seen[pos] = ids[mask.bool()].tolist()
+        assert sorted(seen) == list(range(len(enc)))  # every pair exactly once
+        as_given = [seen[i] == enc.ids_a[i] for i in range(len(enc))]
+        assert all(seen[i] in (enc.ids_a[i], other.ids_a[i]) for i in seen)
+        assert 0 < sum(as_given) < len(enc)  # both orders appear
+        orders.append(as_given)
+    assert orders[0] != orders[1]  # a new draw each epoch
+    if concat == "before_embed":  # the swap is [CLS] B [SEP] A [SEP], label unchanged
+        sep = run.tokenizer.sep_token_id
+        a, b = enc.ids_a[0], other.ids_a[0]
+        cut = a.index(sep)
+        assert b == [a[0], *a[cut + 1 : -1], sep, *a[1:cut], sep]
+    else:
+        assert other.ids_a == enc.ids_b and other.ids_b == enc.ids_a
+    assert other.labels == enc.labels
+
+
+def test_pair_swap_off_trains_the_pairs_as_given():
+    run = TrainingRun(tiny_config(), backbone=tiny_backbone())
+    enc = run.encoded["para"]["train"]
+    assert "train_swapped" not in run.encoded["para"]
+    for b in run.epoch_batches(1):
+        if b.task == "para":
+            for pos, ids, mask in zip(b.index.tolist(), b.input_ids, b.attention_mask, strict=True):
+                assert ids[mask.bool()].tolist() == enc.ids_a[pos]
+
+
 def test_final_strategy_leaves_intermediate_heads_untouched():
     run = TrainingRun(tiny_config(strategy="final"), backbone=tiny_backbone())
     before = weights(run)
