@@ -13,6 +13,12 @@ scored on).
 
     python benchmarks/early_exit.py --quick     # small slices, a few minutes
     python benchmarks/early_exit.py             # larger slices (2500 per task), one epoch
+    python benchmarks/early_exit.py --checkpoint DIR   # a trained model, e.g. a sweep trial's
+
+``--checkpoint`` measures a model trained elsewhere (a sweep trial's checkpoint directory or a
+``berter infer`` one) instead of training: its own config gives the data slices, so the
+calibration slice is the one it held out, and the methods default to the one it was trained
+for (confidence also gives entropy, which trains identically).
 
 The last line is the headline: the best method's batch-1 speedup on sst+para and the share
 of the final layer's score it keeps there (target: >= 2x at >= 99%).
@@ -21,6 +27,7 @@ of the final layer's score it keeps there (target: >= 2x at >= 99%).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -32,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from berter.config import Config  # noqa: E402
+from berter.errors import BerterError  # noqa: E402
 from berter.exits import build_exit_method, operating_point, thresholds_from_metrics  # noqa: E402
-from berter.infer import measure_speedup, save_model  # noqa: E402
+from berter.infer import load_model, measure_speedup, save_model  # noqa: E402
 from berter.metrics import metric_column  # noqa: E402
 from berter.train import TrainingRun  # noqa: E402
 
@@ -71,6 +79,31 @@ def train(method: str, args: argparse.Namespace, s: dict) -> TrainingRun:
     run = TrainingRun(cfg, log=lambda m: print(f"  [{method}] {m}", file=sys.stderr, flush=True))
     run.fit()
     return run
+
+
+def from_checkpoint(directory: str, args: argparse.Namespace) -> TrainingRun:
+    """A TrainingRun around a trained model: its config, its data slices, its weights."""
+    cfg, model, _ = load_model(directory)
+    cfg = dataclasses.replace(cfg, data_dir=str(args.data_dir), drop_top=0, num_threads=None)
+    if args.max_dev is not None:
+        cfg = dataclasses.replace(cfg, max_dev=args.max_dev)
+    run = TrainingRun(cfg, backbone=model.bert)
+    run.model.load_state_dict(model.state_dict())
+    run.model.eval()
+    return run
+
+
+def checkpoint_methods(trained: str, asked: str | None) -> list[str]:
+    """The methods a model trained for ``trained`` can be measured with."""
+    usable = [trained, *(m for m, base in TRAINED_AS.items() if base == trained)]
+    methods = [m for m in asked.split(",") if m] if asked else usable
+    wrong = [m for m in methods if m not in usable]
+    if wrong:
+        raise ValueError(
+            f"the checkpoint was trained for exit method {trained}; "
+            f"{', '.join(wrong)} cannot be measured on it (use {', '.join(usable)})"
+        )
+    return methods
 
 
 def dev_oracle(table: list[dict], task: str, final: float, n: int) -> tuple[float, float]:
@@ -169,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small slices, one epoch (< 5 min)")
     p.add_argument("--data-dir", type=Path, default=DATA)
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", help=f"default {','.join(METHODS)}")
+    p.add_argument("--checkpoint", help="measure this trained model instead of training")
+    p.add_argument("--max-dev", type=int, help="with --checkpoint: dev examples per task")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--train-threads", type=int, default=None)
@@ -186,12 +221,23 @@ def main(argv: list[str] | None = None) -> int:
         s["epochs"] = args.epochs
     if args.calib_max is not None:
         s["calib_max"] = args.calib_max
-    methods = [m for m in args.methods.split(",") if m]
     start = time.perf_counter()
     runs: dict[str, TrainingRun] = {}
     rows: list[dict] = []
+    if args.checkpoint:
+        try:
+            run = from_checkpoint(args.checkpoint, args)
+            methods = checkpoint_methods(run.cfg.exit_method, args.methods)
+        except (ValueError, BerterError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        runs = {m: run for m in methods}
+        s.update(max_dev=run.cfg.max_dev, max_train=run.cfg.max_train, epochs="as trained")
+        s.update(calib_max=run.cfg.calib_max, checkpoint=args.checkpoint)
+    else:
+        methods = [m for m in (args.methods or ",".join(METHODS)).split(",") if m]
     for method in methods:
-        trained_as = TRAINED_AS.get(method, method)
+        trained_as = method if args.checkpoint else TRAINED_AS.get(method, method)
         if trained_as not in runs:
             t0 = time.perf_counter()
             runs[trained_as] = train(trained_as, args, s)
@@ -201,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         rows += evaluate_method(runs[trained_as], method, s, args)
-    print(f"\nstrategy=alternating, packaged MiniLM-L6 (6 layers), torch {torch.__version__}, "
+    any_run = next(iter(runs.values()))
+    model = f"model {any_run.cfg.model} ({any_run.model.num_layers} layers)"
+    print(f"\nstrategy={any_run.cfg.strategy}, {model}, torch {torch.__version__}, "
           f"threads=1 for timing; settings {s}; {time.perf_counter() - start:.0f}s total\n")  # fmt: skip
     print(markdown(rows))
     print()
