@@ -37,7 +37,7 @@ class Config:
     max_len: int = 128
     max_train: int | None = None  # per task
     max_dev: int | None = None  # per task
-    task_order: str = "round_robin"
+    task_order: str = "proportional"  # round_robin ends each epoch on the largest task alone
     pair_swap: bool = False  # train each pair in a random order of its sentences, per epoch
     calib_fraction: float = 0.1  # training slice held out to choose exit thresholds
     calib_max: int = 500  # cap on that slice, per task

@@ -462,6 +462,18 @@ def test_round_robin_cycles_tasks_in_order_skipping_exhausted_ones():
     assert names[6:] == ["sst", "para", "sst", "para"] + ["sst"] * 6  # 10, 4 and 2 batches
 
 
+def test_proportional_spreads_a_small_task_over_the_whole_epoch():
+    """Round robin ends an epoch on the largest task alone; proportional keeps every task
+    coming until the end (what the model last saw before an evaluation)."""
+    big = fake_split([5] * 240)
+    small = EncodedSplit(TASKS["sts"], "packed", [[101, 102]] * 48, None, None, [1.0] * 48)
+    batches = {"sst": make_batches(big, 4, True, 0), "sts": make_batches(small, 4, True, 0)}
+    tail = lambda order: [b.task for b in order[-20:]]  # noqa: E731  the last third
+    assert set(tail(multitask_schedule(batches, "round_robin", 0))) == {"sst"}
+    for seed in range(10):
+        assert "sts" in tail(multitask_schedule(batches, "proportional", seed))
+
+
 def test_proportional_schedule_depends_on_seed_and_rejects_unknown_modes():
     batches = task_batches()
     orders = {

@@ -1,4 +1,5 @@
 import io
+import itertools
 import json
 from contextlib import redirect_stdout
 
@@ -30,10 +31,17 @@ def test_another_seed_changes_the_batch_order():
     assert ids(a) != ids(b)
 
 
-def test_batches_interleave_tasks_and_cover_the_training_data():
-    run = TrainingRun(tiny_config(), backbone=tiny_backbone())
+@pytest.mark.parametrize("order", ["proportional", "round_robin"])
+def test_batches_interleave_tasks_and_cover_the_training_data(order):
+    run = TrainingRun(tiny_config(task_order=order), backbone=tiny_backbone())
     batches = run.epoch_batches(0)
-    assert [b.task for b in batches[:3]] == ["sst", "para", "sts"]
+    if order == "round_robin":
+        assert [b.task for b in batches[:3]] == ["sst", "para", "sts"]
+    else:  # spread: no task has all its batches in one run
+        runs = [(task, len(list(g))) for task, g in itertools.groupby(b.task for b in batches)]
+        for name in ("sst", "para", "sts"):
+            longest = max(n for task, n in runs if task == name)
+            assert longest < sum(b.task == name for b in batches)
     for name in ("sst", "para", "sts"):
         seen = sorted(i for b in batches if b.task == name for i in b.index.tolist())
         assert seen == list(range(len(run.encoded[name]["train"].labels)))
