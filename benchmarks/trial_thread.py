@@ -19,10 +19,7 @@ DEFAULT_DATA = "../shared/data/cs224n"
 
 def fit_seconds(data_dir: str, max_train: int, threads: int) -> float:
     """Train one epoch in the calling thread; seconds of training (no set-up, no eval)."""
-    import torch
-
     from berter.config import Config
-    from berter.data import load_data
     from berter.train import TrainingRun
 
     cfg = Config(
@@ -33,17 +30,7 @@ def fit_seconds(data_dir: str, max_train: int, threads: int) -> float:
         concat="before_embed",
         num_threads=threads,
     )
-    data = load_data(
-        cfg.data_dir,
-        cfg.tasks,
-        max_train=cfg.max_train,
-        max_dev=cfg.max_dev,
-        seed=cfg.seed,
-        calib_fraction=cfg.calib_fraction,
-        calib_max=cfg.calib_max,
-    )
-    torch.set_num_threads(threads)
-    run = TrainingRun(cfg, data)
+    run = TrainingRun(cfg)  # loads the data and sets the thread count
     run.fit()
     return run.train_seconds
 
