@@ -684,8 +684,11 @@ def build_tuner(
             name=RAY_DIR,
             storage_path=plan.directory,
             callbacks=[writer, JsonLoggerCallback(), CSVLoggerCallback(), *(extra_callbacks or [])],
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max"
+            checkpoint_config=tune.CheckpointConfig(  # the trial asks for one per epoch
+                num_to_keep=1,
+                checkpoint_score_attribute="dev_score",
+                checkpoint_score_order="max",
+                checkpoint_at_end=False,  # not a diverged trial's weights
             ),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             verbose=0,

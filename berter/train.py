@@ -403,21 +403,30 @@ class TrainingRun:
         return row
 
     # ------------------------------------------------------------------ loop
+    def next_epoch(self) -> EpochReport:
+        """Train one epoch and evaluate it on dev (the unit a Tune trial steps by)."""
+        report = self.train_epoch()
+        dev = self.evaluate("dev")
+        report.metrics = self.metrics(dev)
+        report.metrics["diverged"] = not math.isfinite(report.train_loss)
+        self.strategy.end_epoch(self.epoch - 1, dev.dev_score)
+        self.history.append(report)
+        self.log(
+            f"epoch {report.epoch}/{self.strategy.num_epochs} [{report.phase}] "
+            f"loss {report.train_loss:.4f} dev {report.metrics['dev_score']:.4f} "
+            f"({report.epoch_seconds:.1f}s)"
+        )
+        return report
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.strategy.num_epochs
+
     def fit(self, on_epoch: Callable[[EpochReport], None] | None = None) -> EpochReport:
         """Train the remaining epochs, evaluating after each; returns the last report."""
         report = None
-        while self.epoch < self.strategy.num_epochs:
-            report = self.train_epoch()
-            dev = self.evaluate("dev")
-            report.metrics = self.metrics(dev)
-            report.metrics["diverged"] = not math.isfinite(report.train_loss)
-            self.strategy.end_epoch(self.epoch - 1, dev.dev_score)
-            self.history.append(report)
-            self.log(
-                f"epoch {report.epoch}/{self.strategy.num_epochs} [{report.phase}] "
-                f"loss {report.train_loss:.4f} dev {report.metrics['dev_score']:.4f} "
-                f"({report.epoch_seconds:.1f}s)"
-            )
+        while not self.finished:
+            report = self.next_epoch()
             if on_epoch is not None:
                 on_epoch(report)
             if report.metrics["diverged"]:

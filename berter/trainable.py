@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable: one trial = one variant + hyperparameters, epoch by epoch.
+"""The Ray Tune trainable: one trial = one variant + hyperparameters, epoch by epoch.
 
 The driver loads and validates the data once and hands it to every trial through
 ``tune.with_parameters`` (one copy in the object store, not one read per trial), together
@@ -14,7 +14,8 @@ Test-only fault injection (for the reliability tests, never for real sweeps): th
 ``BERTER_TEST_FAULT``, a comma-separated list whose k-th entry applies to the k-th trial to
 start (later trials run normally). An entry is ``none``, ``raise@E`` (an exception in epoch E),
 ``nan@E`` (a NaN training loss in epoch E; both are ``Config.test_fault``) or ``stall@E`` (the
-trial sleeps after checkpointing epoch E, a window to kill the driver or a worker), optionally
+trial sleeps after checkpointing epoch E, before epoch E+1, a window to kill the driver or a
+worker; a trial restored from that checkpoint does not sleep again), optionally
 followed by ``:once`` (only on the trial's first start, i.e. a transient fault that a retry
 from the checkpoint gets past). Trials claim entries through files in ``<sweep>/test-faults``,
 so the results directory must be local (or shared) to the trials.
@@ -27,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from ray import tune
 
 from berter.config import Config
 from berter.errors import ConfigError
@@ -207,90 +208,115 @@ def measure_speedup(run: Any, threads: int) -> dict[str, float]:
     return {k: float(row[k]) for k in ("speedup_wall", "speedup_wall_b32") if k in row}
 
 
-def trial_device() -> tuple[str, int]:
+def trial_device(trainable: Any = None) -> tuple[str, int]:
     """The device Ray gave this trial, and its CPU count (for torch's thread pool)."""
     import ray
-    from ray import tune
 
-    try:
-        resources = tune.get_context().get_trial_resources().required_resources
-    except Exception:  # outside a Tune session (direct call in tests)
-        resources = {}
+    resources = getattr(getattr(trainable, "trial_resources", None), "required_resources", {})
     cpus = max(1, int(resources.get("CPU", 1)))
     gpus = ray.get_gpu_ids() if ray.is_initialized() else []
     device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
     return device, cpus
 
 
+def json_safe(obj: Any) -> Any:
+    """A reported result as JSON can hold it (numpy scalars as numbers, anything else as text)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
 # ----------------------------------------------------------------------------- trainable
-def train_trial(config: dict[str, Any], data: Any = None, sweep: Sweep | None = None) -> None:
-    """Ray Tune function trainable (wrap with ``tune.with_parameters(train_trial, data=..., sweep=...)``)."""
-    from ray import tune
+class Trial(tune.Trainable):
+    """The Ray Tune trainable: ``step()`` trains and evaluates one epoch.
 
-    from berter.exits import thresholds_from_metrics
-    from berter.train import TrainingRun
+    A class trainable rather than a function one because Tune runs ``step()`` on the worker's
+    main thread, where torch's CPU kernels run about 20% faster than on the second thread a
+    function trainable gets (benchmarks/trial_thread.py). Wrap it with
+    ``tune.with_parameters(Trial, data=..., sweep=...)`` (see ``trainable_with_resources``).
+    With ``reuse_actors`` a worker keeps its imports and tokenizer and ``reset_config`` builds
+    the next trial's run in place.
+    """
 
-    entered, setup_started = datetime.now(timezone.utc), time.perf_counter()
-    logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" line per epoch
-    cfg = sweep.resolve(config)
-    fault = claim_fault(sweep, tune.get_context().get_trial_id())
-    stall_after = None
-    if fault is not None and fault.startswith("stall@"):
-        stall_after = int(fault.partition("@")[2])
-    elif fault is not None:
-        cfg = dataclasses.replace(cfg, test_fault=fault)
-    device, cpus = trial_device()
-    if device == "cpu":
-        cfg = dataclasses.replace(cfg, num_threads=cpus)
-        torch.set_num_threads(cpus)
-    run = TrainingRun(cfg, data, device=device)
-    meta = {"started_at": entered.isoformat()}  # a resumed trial keeps its first start's
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            meta.update(load_checkpoint(run, directory))
-    setup_seconds = time.perf_counter() - setup_started  # model, data encoding, checkpoint
-    num_epochs = run.strategy.num_epochs
-    if run.epoch >= num_epochs:
-        return  # the checkpoint is of the final epoch: nothing left to train
-    variant = sweep.variant_of(config)
-    info = {
-        "variant": variant.name,
-        "preset": variant.preset,
-        "started_at": meta["started_at"],
-        "setup_seconds": setup_seconds,
-        "data_source": run.data.source,
-        "model": cfg.model,
-        "seed": cfg.seed,
-    }
+    def setup(self, config: dict[str, Any], data: Any = None, sweep: Sweep | None = None) -> None:
+        logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" per epoch
+        self.data, self.sweep = data, sweep
+        self.start(config)
 
-    def on_epoch(report: Any) -> None:
-        result = {**epoch_result(run, report, num_epochs), **info}
-        if result["diverged"]:
-            tune.report(result)  # no checkpoint of non-finite weights; fit() stops after this
-            return
-        if report.epoch == num_epochs and sweep.measure_speedup:
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self.start(new_config)
+        return True
+
+    def start(self, config: dict[str, Any]) -> None:
+        """Build this trial's TrainingRun (model, encoded data, optimiser to come)."""
+        from berter.train import TrainingRun
+
+        self.setup_started = time.perf_counter()
+        sweep = self.sweep
+        cfg = sweep.resolve(config)
+        fault = claim_fault(sweep, self.trial_id)
+        self.stall_after = None
+        if fault is not None and fault.startswith("stall@"):
+            self.stall_after = int(fault.partition("@")[2])
+        elif fault is not None:
+            cfg = dataclasses.replace(cfg, test_fault=fault)
+        self.device, self.cpus = trial_device(self)
+        if self.device == "cpu":
+            cfg = dataclasses.replace(cfg, num_threads=self.cpus)
+            torch.set_num_threads(self.cpus)
+        self.cfg = cfg
+        self.run = TrainingRun(cfg, self.data, device=self.device)
+        # a resumed trial keeps its first start's time (load_checkpoint overwrites it)
+        self.meta: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat()}
+        variant = sweep.variant_of(config)
+        self.info: dict[str, Any] = {
+            "variant": variant.name,
+            "preset": variant.preset,
+            "data_source": self.run.data.source,
+            "model": cfg.model,
+            "seed": cfg.seed,
+        }
+        self.setup_seconds: float | None = None
+        self.report: Any = None
+
+    def step(self) -> dict[str, Any]:
+        run, num_epochs = self.run, self.run.strategy.num_epochs
+        if self.setup_seconds is None:  # model, data encoding, checkpoint restore
+            self.setup_seconds = time.perf_counter() - self.setup_started
+        if run.finished:  # restored from the final epoch's checkpoint: nothing left to train
+            return {**self.meta.get("result", {}), "done": True}
+        if self.report is not None and self.report.epoch == self.stall_after:
+            time.sleep(STALL_SECONDS)  # test fault: epoch E, trained here, is checkpointed by now
+        self.report = report = run.next_epoch()
+        result = {
+            **epoch_result(run, report, num_epochs),
+            **self.info,
+            "started_at": self.meta["started_at"],
+            "setup_seconds": self.setup_seconds,
+        }
+        if result["diverged"]:  # no checkpoint of non-finite weights
+            return {**result, "done": True}
+        if run.finished and self.sweep.measure_speedup:
             started = time.perf_counter()
             try:
-                result.update(measure_speedup(run, cpus if device == "cpu" else None))
+                result.update(measure_speedup(run, self.cpus if self.device == "cpu" else None))
             except Exception as exc:  # a timing failure must not discard a trained trial
                 logging.getLogger(__name__).warning("speedup not measured: %s", exc)
             result["speedup_seconds"] = time.perf_counter() - started
-        with tempfile.TemporaryDirectory(prefix="berter-ckpt-") as directory:
-            thresholds = thresholds_from_metrics(report.metrics, list(cfg.tasks))
-            last = report.epoch == num_epochs  # nothing left to resume: weights suffice
-            meta_epoch = {**meta, "epoch": report.epoch}
-            save_checkpoint(run, directory, meta_epoch, thresholds, optimizer=not last)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
-        if report.epoch == stall_after:
-            time.sleep(STALL_SECONDS)
+        self.meta["result"] = json_safe(result)  # what a restore from the last epoch reports
+        return {**result, "should_checkpoint": True, "done": run.finished}
 
-    run.fit(on_epoch)
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        from berter.exits import thresholds_from_metrics
+
+        thresholds = thresholds_from_metrics(self.report.metrics, list(self.cfg.tasks))
+        meta = {**self.meta, "epoch": self.run.epoch}
+        # the last epoch's checkpoint is read only for its weights: no optimiser state
+        save_checkpoint(self.run, checkpoint_dir, meta, thresholds, optimizer=not self.run.finished)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        self.meta.update(load_checkpoint(self.run, checkpoint_dir))
 
 
 def trainable_with_resources(data: Any, sweep: Sweep, cpus: float, gpus: float) -> Any:
-    """``train_trial`` bound to the shared data and sweep, with per-trial resources."""
-    from ray import tune
-
-    bound = tune.with_parameters(train_trial, data=data, sweep=sweep)
+    """``Trial`` bound to the shared data and sweep, with per-trial resources."""
+    bound = tune.with_parameters(Trial, data=data, sweep=sweep)
     return tune.with_resources(bound, {"cpu": cpus, "gpu": gpus})

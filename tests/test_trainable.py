@@ -1,4 +1,7 @@
-"""The trainable's pieces that need no Ray: config resolution, checkpoints, epoch results."""
+"""The trainable without a Tune run: config resolution, checkpoints, epoch results, and the
+``Trial`` class stepped by hand as Tune steps it (setup, step, save, restore, reset)."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from berter.train import TrainingRun
 from berter.trainable import (
     CHECKPOINT_FILE,
     Sweep,
+    Trial,
     epoch_result,
     load_checkpoint,
     save_checkpoint,
@@ -136,3 +140,82 @@ def test_config_defaults_are_the_single_source_for_unsearched_values():
     sweep = Sweep({"data_dir": None}, [Variant({k: getattr(Config(), k) for k in SLF_ALT})])
     cfg = sweep.resolve({"variant": sweep.variants[0].name})
     assert (cfg.lr, cfg.batch_size, cfg.dropout) == (Config.lr, Config.batch_size, Config.dropout)
+
+
+# ----------------------------------------------------------------------------- Trial
+def make_trial(model: str, measure_speedup: bool = False, **base_overrides) -> type[Trial]:
+    """``Trial`` bound to a sweep as ``tune.with_parameters`` binds it, but without Ray."""
+    variant = Variant(dict(SLF_ALT, slf="off", strategy="joint", exit_method="confidence"))
+    values = {**tiny_config(epochs=2, model=model).to_dict(), **base_overrides}
+    sweep = Sweep(values, [variant], measure_speedup=measure_speedup)
+
+    class Bound(Trial):
+        def setup(self, config):
+            super().setup(config, data=None, sweep=sweep)
+
+    return Bound
+
+
+def test_trial_steps_one_epoch_at_a_time_on_the_calling_thread(tiny_model):
+    seen = []
+
+    class Watched(make_trial(tiny_model)):
+        def step(self):
+            seen.append(threading.current_thread())
+            return super().step()
+
+    trial = Watched({"lr": 2e-3})
+    first, second = trial.step(), trial.step()
+    assert seen == [threading.current_thread()] * 2  # Tune calls step() on the actor's main thread
+    assert trial.run.cfg.lr == 2e-3 and trial.run.epoch == 2
+    assert (first["epoch"], first["should_checkpoint"], first["done"]) == (1, True, False)
+    assert (second["epoch"], second["should_checkpoint"], second["done"]) == (2, True, True)
+    assert first["setup_seconds"] == second["setup_seconds"] > 0
+    assert first["variant"] == second["variant"] and "dev_score" in second
+
+
+def test_trial_restored_from_its_last_checkpoint_reports_that_epoch_without_training(
+    tiny_model, tmp_path
+):
+    cls = make_trial(tiny_model, measure_speedup=True)
+    trial = cls({})
+    trial.step()
+    last = trial.step()
+    assert last["done"] and last["speedup_wall"] > 0
+    trial.save_checkpoint(str(tmp_path))
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["optimizer"] is None
+
+    again = cls({})
+    again.load_checkpoint(str(tmp_path))
+    result = again.step()
+    assert again.run.epoch == 2 and again.report is None  # nothing trained
+    assert result["done"] and result["started_at"] == last["started_at"]
+    assert result["dev_score"] == pytest.approx(last["dev_score"])
+    assert result["epoch"] == 2 and "should_checkpoint" not in result
+
+
+def test_trial_resumed_mid_run_continues_from_the_checkpointed_epoch(tiny_model, tmp_path):
+    cls = make_trial(tiny_model)
+    trial = cls({})
+    trial.step()
+    trial.save_checkpoint(str(tmp_path))
+    expected = trial.step()
+
+    resumed = cls({})
+    resumed.load_checkpoint(str(tmp_path))
+    result = resumed.step()
+    assert result["epoch"] == 2 and result["started_at"] == expected["started_at"]
+    assert result["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+
+
+def test_a_diverged_epoch_ends_the_trial_without_asking_for_a_checkpoint(tiny_model):
+    result = make_trial(tiny_model, test_fault="nan@1")({}).step()
+    assert result["diverged"] and result["done"] and "should_checkpoint" not in result
+
+
+def test_reset_config_builds_the_next_trial_in_the_same_worker(tiny_model):
+    trial = make_trial(tiny_model)({"lr": 2e-3})
+    trial.step()
+    assert trial.reset_config({"lr": 5e-4}) is True  # so Tune reuses the actor
+    assert trial.run.cfg.lr == 5e-4 and trial.run.epoch == 0 and trial.report is None
+    assert trial.step()["epoch"] == 1
