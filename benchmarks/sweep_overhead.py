@@ -74,14 +74,11 @@ def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float, pd
     return total, (first - launched).total_seconds(), trials
 
 
-def trial_configs(results: Path) -> list[dict]:
-    """The Config fields of every trial the sweep ran."""
-    import pandas as pd
-
+def trial_configs(trials: pd.DataFrame) -> list[dict]:
+    """The Config fields of every trial the sweep ran, in the order of the table."""
     from berter.config import Config
 
     names = {f.name for f in dataclasses.fields(Config)}
-    trials = pd.read_parquet(results / "overhead" / "trials.parquet")
     configs = []
     for row in trials.to_dict("records"):
         cfg = {}
@@ -114,7 +111,7 @@ def direct(configs_file: str, data_dir: str | None, threads: int) -> None:
         calib_fraction=first.calib_fraction,
         calib_max=first.calib_max,
     )
-    times = {"setup": 0.0, "train": 0.0, "fit": 0.0}
+    times = {"setup": 0.0, "train": 0.0, "fit": 0.0, "per_trial": []}
     for values in configs:
         started = time.perf_counter()
         run = TrainingRun(Config.from_dict({**values, "data_dir": data_dir}), data)
@@ -123,6 +120,7 @@ def direct(configs_file: str, data_dir: str | None, threads: int) -> None:
         times["setup"] += built - started
         times["fit"] += time.perf_counter() - built
         times["train"] += run.train_seconds
+        times["per_trial"].append(run.train_seconds)
     Path(configs_file).with_suffix(".times.json").write_text(json.dumps(times))
 
 
@@ -148,7 +146,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp)
         sweep_s, startup_s, trials = run_sweep(args, results)
-        configs = trial_configs(results)
+        configs = trial_configs(trials)
         cfg_file = results / "configs.json"
         cfg_file.write_text(json.dumps(configs))
         cmd = [sys.executable, __file__, "--direct", str(cfg_file), "--cpus", str(args.cpus)]
@@ -179,6 +177,10 @@ def main() -> None:
         f"{sweep_setup:.1f} vs {times['setup']:.1f} s; all else {sweep_rest:.1f} vs "
         f"{direct_rest:.1f} s (direct: {times['fit'] - times['train']:.1f} s of it evaluation)"
     )
+    ratios = ", ".join(
+        f"{a / b:.3f}" for a, b in zip(trials.train_seconds, times["per_trial"], strict=True)
+    )
+    print(f"training per trial, sweep/direct: {ratios}")
     print(f"wall-clock ratio sweep/direct: {sweep_s / direct_s:.3f}")
 
 
