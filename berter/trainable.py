@@ -208,8 +208,9 @@ def measure_speedup(run: Any, threads: int) -> dict[str, float]:
     return {k: float(row[k]) for k in ("speedup_wall", "speedup_wall_b32") if k in row}
 
 
-def trial_device(trainable: Any = None) -> tuple[str, int]:
-    """The device Ray gave this trial, and its CPU count (for torch's thread pool)."""
+def trial_device(trainable: Any) -> tuple[str, int]:
+    """The device Ray gave this trial, and its CPU count (for torch's thread pool); outside
+    Tune (a trainable stepped by hand) one CPU."""
     import ray
 
     resources = getattr(getattr(trainable, "trial_resources", None), "required_resources", {})
@@ -262,7 +263,6 @@ class Trial(tune.Trainable):
         if self.device == "cpu":
             cfg = dataclasses.replace(cfg, num_threads=self.cpus)
             torch.set_num_threads(self.cpus)
-        self.cfg = cfg
         self.run = TrainingRun(cfg, self.data, device=self.device)
         # a resumed trial keeps its first start's time (load_checkpoint overwrites it)
         self.meta: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat()}
@@ -301,13 +301,14 @@ class Trial(tune.Trainable):
             except Exception as exc:  # a timing failure must not discard a trained trial
                 logging.getLogger(__name__).warning("speedup not measured: %s", exc)
             result["speedup_seconds"] = time.perf_counter() - started
-        self.meta["result"] = json_safe(result)  # what a restore from the last epoch reports
+        if run.finished:  # what a restore from this (last) epoch's checkpoint reports
+            self.meta["result"] = json_safe(result)
         return {**result, "should_checkpoint": True, "done": run.finished}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         from berter.exits import thresholds_from_metrics
 
-        thresholds = thresholds_from_metrics(self.report.metrics, list(self.cfg.tasks))
+        thresholds = thresholds_from_metrics(self.report.metrics, list(self.run.cfg.tasks))
         meta = {**self.meta, "epoch": self.run.epoch}
         # the last epoch's checkpoint is read only for its weights: no optimiser state
         save_checkpoint(self.run, checkpoint_dir, meta, thresholds, optimizer=not self.run.finished)
