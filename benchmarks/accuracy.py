@@ -44,6 +44,8 @@ def sweep_command(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
     for setting in args.set:
         cmd += ["--set", setting]
+    if args.seed is not None:
+        cmd += ["--seed", str(args.seed)]
     if args.quick:
         cmd += ["--max-train", "300", "--max-dev", "300"]
     return cmd
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-range", default="6e-5:1.5e-4", help="searched learning rate LOW:HIGH")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="fix a setting for every trial (sweeps/run.py --set; repeatable)")  # fmt: skip
+    p.add_argument("--seed", type=int, help="seed of the searcher and the trials (default 0)")
     p.add_argument("--resume", action="store_true", help="continue the named sweep")
     p.add_argument("--report", action="store_true", help="only report the results so far")
     args = p.parse_args(argv)

@@ -1,7 +1,13 @@
 import io
 import itertools
 import json
+import os
+import platform
+import resource
+import subprocess
+import sys
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +200,40 @@ def test_packaged_backbone_learns_on_a_slice_of_the_real_data():
     # correctly aligned data correlates strongly from the start
     assert result["sts_corr"] > 0.5
     assert result["para_acc"] > 0.6
+
+
+FAULTS_SCRIPT = """
+import resource, sys, torch
+if sys.argv[1] == "keep":
+    from berter.train import keep_freed_memory
+    assert keep_freed_memory()
+def step():
+    t = torch.empty(16 * 2**20).fill_(1.0)  # 64 MB, freed again as a training step does
+    del t
+for _ in range(4):  # the heap grows to its steady size
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
+)
+def test_freed_training_memory_is_reused_without_page_faults():
+    """A large tensor freed and allocated again is not faulted in anew (fresh processes: the
+    setting is process-wide)."""
+
+    def faults(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", FAULTS_SCRIPT, mode],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )  # fmt: skip
+        return int(out.stdout.split()[-1])
+
+    pages = 4 * 64 * 2**20 // resource.getpagesize()
+    assert faults("default") > pages // 2  # glibc's default: every reallocation faults
+    assert faults("keep") < pages // 100
