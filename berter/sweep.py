@@ -399,6 +399,7 @@ def _resolve_plan(
     objective: list[str],
 ) -> tuple[Plan, Any]:
     """The part of :func:`make_plan` that imports the heavy libraries and reads files."""
+    from berter.data import load_data_for
     from berter.results import Store
 
     searched_axes = [BY_NAME[p.name].field for p in params if p.kind == "axis"]
@@ -467,7 +468,7 @@ def _resolve_plan(
                 ) from None
 
     with data_warnings() as warned:
-        data = load_data_of(base)
+        data = load_data_for(base)
     notes += warned
     task_defs = [data.splits[t].task for t in tasks]
     top = (
@@ -535,15 +536,6 @@ def concurrently(work: Callable[[], Any], alongside: Callable[[], None] | None) 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k != "test_fault"}
-
-
-def load_data_of(cfg: Config) -> Any:
-    from berter.data import load_data
-
-    return load_data(
-        cfg.data_dir, cfg.tasks, max_train=cfg.max_train, max_dev=cfg.max_dev, seed=cfg.seed,
-        calib_fraction=cfg.calib_fraction, calib_max=cfg.calib_max,
-    )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -853,8 +845,10 @@ def main(
                 ]
             else:
                 plan.notes = []
+            from berter.data import load_data_for
+
             with data_warnings():  # already noted when the sweep started
-                data = load_data_of(Config.from_dict(plan.base))
+                data = load_data_for(Config.from_dict(plan.base))
         else:
             plan, data = make_plan(args, alongside=None if args.address else early_ray(started))
         injected_faults(plan)

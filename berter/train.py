@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 import platform
 import random
@@ -33,7 +34,7 @@ from berter.data import (
     Task,
     encode,
     get_tokenizer,
-    load_data,
+    load_data_for,
     make_batches,
     mix_orders,
     multitask_schedule,
@@ -57,6 +58,7 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 KEEP_FREED_BYTES = 1 << 30
 
 
+@functools.cache  # once per process: libc_ver() reads the interpreter's binary
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for reuse instead of handing it back to the kernel.
 
@@ -153,15 +155,7 @@ class TrainingRun:
         if self.device.type == "cpu" and cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
-        self.data = data or load_data(
-            cfg.data_dir,
-            cfg.tasks,
-            max_train=cfg.max_train,
-            max_dev=cfg.max_dev,
-            seed=cfg.seed,
-            calib_fraction=cfg.calib_fraction,
-            calib_max=cfg.calib_max,
-        )
+        self.data = data or load_data_for(cfg)
         self.tasks = [self.data.splits[name].task for name in cfg.tasks]
         self.tokenizer = tokenizer or get_tokenizer(cfg.model)
         self.encoded: dict[str, dict[str, EncodedSplit]] = {}

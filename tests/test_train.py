@@ -237,3 +237,12 @@ def test_freed_training_memory_is_reused_without_page_faults():
     pages = 4 * 64 * 2**20 // resource.getpagesize()
     assert faults("default") > pages // 2  # glibc's default: every reallocation faults
     assert faults("keep") < pages // 100
+
+
+def test_every_training_run_keeps_freed_memory(monkeypatch):
+    import berter.train as train
+
+    calls = []
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(True) or True)
+    TrainingRun(tiny_config(), backbone=tiny_backbone())
+    assert calls == [True]
