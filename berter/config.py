@@ -64,6 +64,7 @@ class Config:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # weight EMA per optimiser step, evaluated and saved (0: off)
     seed: int = 0
 
     # --- SMART ---
@@ -157,6 +158,8 @@ class Config:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.drop_top < 0:
             raise ConfigError(f"drop_top must be >= 0, got {self.drop_top}")
         for cap in ("max_train", "max_dev"):

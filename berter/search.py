@@ -84,6 +84,7 @@ SPACE: tuple[Param, ...] = (
     Param("weight_decay", "weight_decay", "uniform", 0.0, 0.1, help="AdamW weight decay"),
     Param("warmup", "warmup_ratio", "uniform", 0.0, 0.3, help="linear warmup fraction"),
     Param("optimizer", "optimizer", "choice", choices=OPTIMIZERS, help="optimiser"),
+    Param("ema", "ema_decay", "choice", choices=(0.0, 0.999, 0.9995), help="weight EMA (0: off)"),
     Param("smart_lambda", "smart_lambda", "loguniform", 0.1, 10.0, help="SMART term weight"),
     Param("smart_step", "smart_step", "loguniform", 1e-4, 1e-2, help="SMART ascent step"),
     Param("smart_eps", "smart_eps", "loguniform", 1e-6, 1e-4, help="SMART initial noise std"),

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import BertModel, get_linear_schedule_with_warmup
 
+from berter.averaging import WeightAverage
 from berter.config import Config
 from berter.data import (
     Batch,
@@ -177,6 +178,7 @@ class TrainingRun:
             self.forward = self.model
         self.method = build_exit_method(cfg)
         self.strategy = build_strategy(cfg, self.model)
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.epoch = 0  # epochs completed
         self.train_seconds = 0.0
         self.phase: str | None = None
@@ -299,6 +301,8 @@ class TrainingRun:
             raise RuntimeError(f"injected fault in epoch {epoch + 1} (test_fault)")
         batches = self.epoch_batches(epoch)
         seed_everything(self.cfg.seed * 1000 + epoch)  # dropout masks: same per epoch, resumable
+        if self.average is not None:
+            self.average.use_raw()
         self.model.train()
         pin = self.device.type == "cuda"
         total = torch.zeros((), device=self.device)
@@ -327,12 +331,16 @@ class TrainingRun:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.average is not None:
+                self.average.update()
             total += loss.detach().float()
             examples += len(batch)
         sync()
         seconds = time.perf_counter() - start
         for p in self.model.parameters():
             p.requires_grad_(True)
+        if self.average is not None:  # evaluated, checkpointed and exported from here on
+            self.average.use_average()
         self.epoch += 1
         self.train_seconds += seconds
         mean_loss = float(total) / max(len(batches), 1)
@@ -461,6 +469,7 @@ class TrainingRun:
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
+            "average": self.average.state_dict() if self.average is not None else None,
             "strategy": self.strategy.state_dict(),
             "epoch": self.epoch,
             "phase": self.phase,
@@ -469,6 +478,11 @@ class TrainingRun:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.average is not None:
+            if state.get("average") is not None:
+                self.average.load_state_dict(state["average"])
+            else:  # a last epoch's checkpoint (weights only): average on from the saved weights
+                self.average = WeightAverage(self.model, self.cfg.ema_decay)
         self.epoch = int(state["epoch"])
         self.train_seconds = float(state["train_seconds"])
         self.strategy.load_state_dict(state["strategy"])

@@ -151,13 +151,14 @@ def save_checkpoint(
     checkpoint as it is; ``thresholds`` are the epoch's calibrated operating params.
 
     ``optimizer=False`` leaves out the optimiser and schedule (AdamW's two moments: twice the
-    model's size): a checkpoint of the last epoch is only ever read for its weights."""
+    model's size) and the raw weights behind a weight average: a checkpoint of the last epoch
+    is only ever read for its (evaluated) weights."""
     from berter.infer import save_model
 
     directory = Path(directory)
     state = run.state_dict()
     if not optimizer:
-        state.update(optimizer=None, scheduler=None)
+        state.update(optimizer=None, scheduler=None, average=None)
     torch.save(to_plain(state), directory / CHECKPOINT_FILE)
     (directory / META_FILE).write_text(json.dumps(meta))
     if thresholds is None:
