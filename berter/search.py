@@ -106,6 +106,7 @@ BY_NAME = {p.name: p for p in SPACE}
 ALIASES = {
     "batch_size": "batch",
     "warmup_ratio": "warmup",
+    "ema_decay": "ema",
     "cos": "cos_loss",
     "exit_method": "exit",
 }

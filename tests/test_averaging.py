@@ -4,6 +4,7 @@ from tiny import tiny_backbone, tiny_config
 
 from berter.averaging import WeightAverage
 from berter.errors import ConfigError
+from berter.search import parse_search, parse_settings
 from berter.train import TrainingRun
 from berter.trainable import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 
@@ -99,3 +100,12 @@ def test_last_epoch_checkpoint_keeps_the_averaged_weights_only(tmp_path):
 def test_ema_decay_outside_zero_to_one_is_rejected(decay):
     with pytest.raises(ConfigError, match="ema_decay"):
         tiny_config(ema_decay=decay).validate()
+
+
+def test_ema_is_searchable_and_settable_by_either_name():
+    (param,) = parse_search("ema_decay")
+    assert param.field == "ema_decay" and 0.0 in param.choices  # the search can turn it off
+    assert parse_settings(["ema=0.999"], []) == parse_settings(["ema_decay=0.999"], [])
+    assert parse_settings(["ema=0.999"], []) == {"ema_decay": 0.999}
+    with pytest.raises(ConfigError, match="ema_decay must be in"):
+        parse_settings(["ema=1"], [])
