@@ -204,6 +204,15 @@ class Config:
         return "packed"
 
 
+def layers_after_drop(cfg: Config, num_layers: int) -> int:
+    """Encoder layers left once ``drop_top`` removes the top ones; an error if none would be."""
+    if cfg.drop_top >= num_layers:
+        raise ConfigError(
+            f"drop_top={cfg.drop_top} must be below the {num_layers} layers of {cfg.model}"
+        )
+    return num_layers - cfg.drop_top
+
+
 def variant_name(cfg: Config | dict[str, Any]) -> str:
     """Stable short name of a variant, used in logs, trial names and results."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,7 +60,9 @@ from berter.config import Config
 from berter.data import Task
 from berter.losses import per_example_loss, task_loss
 from berter.metrics import dev_score, metric_column, predict, task_metric
-from berter.model import ExitOutput
+
+if TYPE_CHECKING:  # the model module imports transformers' BERT: not for a config check
+    from berter.model import ExitOutput
 
 State = dict[str, torch.Tensor]
 
@@ -182,6 +184,8 @@ class ExitMethod:
         self, ctx: ExitContext, logits: list[torch.Tensor], pooled: list[torch.Tensor]
     ) -> torch.Tensor:
         """[n, N] signals of every example at every exit, from cached exit outputs."""
+        from berter.model import ExitOutput
+
         device = ctx.device()
         state: State = {}
         sig = []

@@ -7,11 +7,15 @@ STS regresses ``5 * cosine`` on the gold score with MSE.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from berter.data import Task
-from berter.model import ExitOutput
+
+if TYPE_CHECKING:
+    from berter.model import ExitOutput
 
 
 def task_loss(

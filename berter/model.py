@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModel, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as hf_logging
 
-from berter.config import DEFAULT_MODEL, Config
+from berter.config import DEFAULT_MODEL, Config, layers_after_drop
 from berter.data import Batch, Task, packaged_model_path
 from berter.errors import ConfigError
 
@@ -134,14 +134,10 @@ class MultiExitBert(nn.Module):
             backbone = load_backbone(cfg.model, cfg.dropout)
         else:
             set_dropout(backbone, cfg.dropout)
-        n = backbone.config.num_hidden_layers
-        if cfg.drop_top >= n:
-            raise ConfigError(
-                f"drop_top={cfg.drop_top} must be below the {n} layers of {cfg.model}"
-            )
+        left = layers_after_drop(cfg, backbone.config.num_hidden_layers)
         if cfg.drop_top:
-            backbone.encoder.layer = backbone.encoder.layer[: n - cfg.drop_top]
-            backbone.config.num_hidden_layers = n - cfg.drop_top
+            backbone.encoder.layer = backbone.encoder.layer[:left]
+            backbone.config.num_hidden_layers = left
         method = build_exit_method(cfg)
         return cls(
             backbone,

@@ -70,19 +70,35 @@ class Strategy:
     """Base class: one phase, all weights trainable, the final exit only."""
 
     name = "base"
+    min_layers = 1
 
     def __init__(self, cfg: Config, model: nn.Module):
         self.cfg = cfg
         self.n = int(model.num_layers)
+        self.check_layers(self.n)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
         """Reject variant axes this strategy cannot train (called by ``Config.validate``)."""
 
+    @classmethod
+    def check_layers(cls, num_layers: int) -> None:
+        """Reject a backbone (after ``drop_top``) with too few layers for this strategy."""
+        if num_layers < cls.min_layers:
+            raise ConfigError(
+                f"strategy={cls.name} needs at least {cls.min_layers} encoder layers "
+                f"(check drop_top)"
+            )
+
+    @classmethod
+    def epochs_for(cls, cfg: Config) -> int:
+        """Reported epochs (training passes) for ``cfg.epochs``, known before a model exists
+        (the sweep driver sizes ASHA's time axis with it)."""
+        return int(cfg.epochs)
+
     @property
     def num_epochs(self) -> int:
-        """Reported epochs (training passes) this strategy runs for ``cfg.epochs``."""
-        return int(self.cfg.epochs)
+        return self.epochs_for(self.cfg)
 
     def epoch_phase(self, epoch: int) -> str:
         return "main"
@@ -128,11 +144,10 @@ class TwoStage(Strategy):
     """
 
     name = "two_stage"
+    min_layers = 2
 
     def __init__(self, cfg: Config, model: nn.Module):
         super().__init__(cfg, model)
-        if self.n < 2:
-            raise ConfigError("strategy=two_stage needs at least 2 encoder layers (check drop_top)")
         heads = [p for i in range(self.n - 1) for p in model.head_parameters(i)]
         self.stage1 = all_but_intermediate_heads(model)
         self.stage2 = parameter_names(model, heads + exit_module_parameters(model))
@@ -145,9 +160,9 @@ class TwoStage(Strategy):
                 "so the second stage (frozen backbone) would have nothing to train for pair tasks"
             )
 
-    @property
-    def num_epochs(self) -> int:
-        return 2 * int(self.cfg.epochs)
+    @classmethod
+    def epochs_for(cls, cfg: Config) -> int:
+        return 2 * int(cfg.epochs)
 
     def epoch_phase(self, epoch: int) -> str:
         return "stage1" if epoch < int(self.cfg.epochs) else "stage2"

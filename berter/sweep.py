@@ -272,25 +272,20 @@ def _check_model(model: str) -> int:
     return int(cfg.num_hidden_layers)
 
 
-def main_epochs(cfg: Config, num_layers: int, tasks: list[Any]) -> int:
+def main_epochs(cfg: Config, num_layers: int) -> int:
     """Epochs of a config outside a Sequential Layer Focus warm-up (the ASHA time axis).
 
-    The strategy decides (two_stage doubles the epochs, SLF adds one); it is built on a
-    throwaway 8-wide model with the backbone's layer count, since strategies look at names.
+    The strategy class decides (two_stage doubles the epochs; SLF's leading epoch is not
+    counted) and checks that the backbone, less ``drop_top``, is deep enough. No model is
+    built: the driver never imports transformers' modelling code (seconds before Ray's first
+    trial can start), only the trials do.
     """
-    from transformers import BertConfig, BertModel
+    from berter.config import layers_after_drop
+    from berter.strategies import STRATEGIES
 
-    from berter.model import MultiExitBert
-    from berter.strategies import build_strategy
-
-    layers = max(1, num_layers - cfg.drop_top)
-    tiny = BertModel(
-        BertConfig(vocab_size=8, hidden_size=8, num_hidden_layers=layers, num_attention_heads=1,
-                   intermediate_size=8, max_position_embeddings=8),
-        add_pooling_layer=False,
-    )  # fmt: skip
-    strategy = build_strategy(cfg, MultiExitBert.from_config(cfg.replace(drop_top=0), tasks, tiny))
-    return sum(1 for e in range(strategy.num_epochs) if strategy.epoch_phase(e) != "slf")
+    strategy = STRATEGIES[cfg.strategy]
+    strategy.check_layers(layers_after_drop(cfg, num_layers))
+    return strategy.epochs_for(cfg)
 
 
 def _results_dir(results: str, name: str) -> str:
@@ -470,19 +465,13 @@ def _resolve_plan(
     with data_warnings() as warned:
         data = load_data_for(base)
     notes += warned
-    task_defs = [data.splits[t].task for t in tasks]
     top = (
         max(p.high for p in hyper if p.name == "epochs")
         if any(p.name == "epochs" for p in hyper)
         else epochs
     )
     num_layers = _check_model(base.model)
-    # the epoch count depends on the strategy and SLF only: one throwaway model per pair
-    pairs = {(v.axes["strategy"], v.axes["slf"]): v for v in variants}
-    max_t = max(
-        main_epochs(base.replace(**v.axes, epochs=int(top)), num_layers, task_defs)
-        for v in pairs.values()
-    )
+    max_t = max(main_epochs(base.replace(**v.axes, epochs=int(top)), num_layers) for v in variants)
 
     scheduler = args.scheduler
     if len(objective) == 2 and scheduler == "asha":

@@ -12,6 +12,7 @@ from berter.data import load_data
 from berter.errors import ConfigError
 from berter.exits import EXIT_METHODS
 from berter.strategies import STRATEGIES, SequentialLayerFocus, build_strategy
+from berter.sweep import main_epochs
 from berter.train import TrainingRun
 
 TASKS = ("sst", "para", "sts")
@@ -128,6 +129,16 @@ def test_two_stage_needs_two_layers():
     cfg = tiny_config(strategy="two_stage", drop_top=2)
     with pytest.raises(ConfigError, match="two_stage needs at least 2"):
         TrainingRun(cfg, backbone=tiny_backbone())
+    with pytest.raises(ConfigError, match="two_stage needs at least 2"):
+        main_epochs(cfg, 3)  # the sweep driver's check, before any model exists
+
+
+@pytest.mark.parametrize("name,slf", itertools.product(sorted(STRATEGIES), SLF_VALUES))
+def test_epochs_known_from_the_config_match_the_built_strategy(data, name, slf):
+    cfg = tiny_config(strategy=name, slf=slf, epochs=3)
+    strategy = make_run(data, strategy=name, slf=slf, epochs=3).strategy
+    main = sum(1 for e in range(strategy.num_epochs) if strategy.epoch_phase(e) != "slf")
+    assert main_epochs(cfg, 3) == main == strategy.num_epochs - (slf == "on")
 
 
 # ------------------------------------------------------------------ alternating

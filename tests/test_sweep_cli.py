@@ -201,6 +201,24 @@ def test_command_line_script_prints_one_line_and_exits_2():
     assert proc.stderr.strip().count("\n") == 0 and "unknown --search name" in proc.stderr
 
 
+def test_planning_a_sweep_leaves_the_modelling_code_to_the_trials(tmp_path):
+    """The driver's checks run before the first trial can start; transformers' BERT import
+    (seconds) belongs in the trial workers only."""
+    code = (
+        "import sys; from berter.sweep import build_parser, make_plan\n"
+        f"argv = ['--search', 'lr', '--variants', 'all', '--data', 'demo', '--results', {str(tmp_path)!r}]\n"
+        "plan, data = make_plan(build_parser().parse_args(argv))\n"
+        "assert plan.max_t == 2 * plan.base['epochs'], plan.max_t  # two_stage is among them\n"
+        "print(sorted(m for m in sys.modules if m.startswith('transformers.models.bert.model')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_help_lists_every_searchable_name():
     from berter.search import SPACE
 
