@@ -12,6 +12,9 @@
    both clocks.
 2. Multi-exit overhead: ``strategy=joint`` (the loss of all six exits at every step) against
    ``strategy=final`` (the last exit only), on the same three-task data, one epoch each.
+3. Weight-average overhead: ``strategy=final`` with ``ema_decay=0.999`` (an EMA update of
+   every weight after each optimiser step, and the swaps at the epoch's ends) against
+   ``strategy=final`` without, as in 2.
 
 The CPU is shared, so only ratios from the same run mean anything: every round runs both
 sides back to back, alternating which goes first, after one discarded warm-up round; the
@@ -25,6 +28,7 @@ spread that swamps the comparison.
 
     python benchmarks/throughput.py --quick        # 400 SST examples, 150 per task for part 2
     python benchmarks/throughput.py                # 2,000 SST examples, 600 per task
+    python benchmarks/throughput.py --only ema     # part 3 alone
 """
 
 from __future__ import annotations
@@ -208,7 +212,8 @@ def vs_trainer(args, log) -> float:
     return median_ratio(times["Trainer"], times["berter"], "cpu")
 
 
-def multi_exit_overhead(args, log) -> float:
+def overhead(args, log, name: str, changes: dict) -> float:
+    """CPU-time ratio of ``strategy=final`` with ``changes`` against plain ``strategy=final``."""
     base = Config(
         data_dir=args.data_dir,
         max_train=args.task_examples,
@@ -221,13 +226,12 @@ def multi_exit_overhead(args, log) -> float:
     tokenizer = get_tokenizer(base.model)
     backbone = load_backbone(base.model, base.dropout)
     sides = {
-        s: Ours(base.replace(strategy=s), data, backbone, tokenizer) for s in ("final", "joint")
+        "final": Ours(base, data, backbone, tokenizer),
+        name: Ours(base.replace(**changes), data, backbone, tokenizer),
     }
     times = alternate(sides, args.rounds, log)
-    log(
-        f"time ratio joint/final (wall): {median_ratio(times['joint'], times['final'], 'wall'):.3f}"
-    )
-    return median_ratio(times["joint"], times["final"], "cpu")
+    log(f"time ratio {name}/final (wall): {median_ratio(times[name], times['final'], 'wall'):.3f}")
+    return median_ratio(times[name], times["final"], "cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,13 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=str(DATA))
     p.add_argument("--quick", action="store_true", help="small data, same comparisons")
     p.add_argument("--sst-examples", type=int, help="SST training examples (before calib)")
-    p.add_argument("--task-examples", type=int, help="examples per task for joint vs final")
+    p.add_argument("--task-examples", type=int, help="examples per task for parts 2 and 3")
     p.add_argument("--rounds", type=int, help="timed rounds per comparison (after a warm-up)")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: see the docstring)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", choices=("trainer", "exits"), help="run one comparison")
+    p.add_argument("--only", choices=("trainer", "exits", "ema"), help="run one comparison")
     args = p.parse_args(argv)
     args.sst_examples = args.sst_examples or (400 if args.quick else 2000)
     args.task_examples = args.task_examples or (150 if args.quick else 600)
@@ -254,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     lines = []  # printed last, to stdout (the Trainer prints its own metrics there too)
     if args.only in (None, "exits"):
-        ratio = multi_exit_overhead(args, log)
+        ratio = overhead(args, log, "joint", {"strategy": "joint"})
         lines.append(f"time ratio joint/final (3 tasks, CPU time): {ratio:.3f}")
+    if args.only in (None, "ema"):
+        ratio = overhead(args, log, "ema", {"ema_decay": 0.999})
+        lines.append(f"time ratio ema/final (3 tasks, CPU time): {ratio:.3f}")
     if args.only in (None, "trainer"):
         ratio = vs_trainer(args, log)
         lines.append(f"examples/s ratio berter/Trainer (CPU time): {ratio:.2f}")
