@@ -22,7 +22,6 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, decay: float):
         self.model = model
-        self.decay = decay
         self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
         self.swapped = False  # True while the model holds the average (between epochs)
 

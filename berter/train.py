@@ -478,11 +478,10 @@ class TrainingRun:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        if self.average is not None:
-            if state.get("average") is not None:
-                self.average.load_state_dict(state["average"])
-            else:  # a last epoch's checkpoint (weights only): average on from the saved weights
-                self.average = WeightAverage(self.model, self.cfg.ema_decay)
+        # a last epoch's checkpoint has no average: the fresh one (nothing averaged yet) starts
+        # from the loaded weights at its first update
+        if self.average is not None and state.get("average") is not None:
+            self.average.load_state_dict(state["average"])
         self.epoch = int(state["epoch"])
         self.train_seconds = float(state["train_seconds"])
         self.strategy.load_state_dict(state["strategy"])
