@@ -65,6 +65,7 @@ class Config:
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # weight EMA per optimiser step, evaluated and saved (0: off)
+    layer_lr_decay: float = 1.0  # encoder layer l of L trains at lr * this ** (L - l) (1: off)
     seed: int = 0
 
     # --- SMART ---
@@ -160,6 +161,8 @@ class Config:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         if self.drop_top < 0:
             raise ConfigError(f"drop_top must be >= 0, got {self.drop_top}")
         for cap in ("max_train", "max_dev"):

@@ -247,6 +247,10 @@ class MultiExitBert(nn.Module):
         return outs
 
     # ------------------------------------------------------------------ parameters
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The embedding layer's weights (layer-wise lr decay trains them slowest)."""
+        return list(self.bert.embeddings.parameters())
+
     def layer_parameters(self, i: int) -> list[nn.Parameter]:
         """Encoder layer i's weights (SLF trains one layer at a time)."""
         return list(self.bert.encoder.layer[i].parameters())

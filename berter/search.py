@@ -84,6 +84,7 @@ SPACE: tuple[Param, ...] = (
     Param("weight_decay", "weight_decay", "uniform", 0.0, 0.1, help="AdamW weight decay"),
     Param("warmup", "warmup_ratio", "uniform", 0.0, 0.3, help="linear warmup fraction"),
     Param("optimizer", "optimizer", "choice", choices=OPTIMIZERS, help="optimiser"),
+    Param("layer_decay", "layer_lr_decay", "uniform", 0.7, 1.0, help="layer-wise lr decay"),
     Param("ema", "ema_decay", "choice", choices=(0.0, 0.999, 0.9995), help="weight EMA (0: off)"),
     Param("smart_lambda", "smart_lambda", "loguniform", 0.1, 10.0, help="SMART term weight"),
     Param("smart_step", "smart_step", "loguniform", 1e-4, 1e-2, help="SMART ascent step"),
@@ -107,6 +108,7 @@ ALIASES = {
     "batch_size": "batch",
     "warmup_ratio": "warmup",
     "ema_decay": "ema",
+    "layer_lr_decay": "layer_decay",
     "cos": "cos_loss",
     "exit_method": "exit",
 }

@@ -219,20 +219,24 @@ class TrainingRun:
     def build_optimizer(self, total_steps: int) -> None:
         """Fresh optimiser and linear warmup-decay schedule (at every new phase)."""
         cfg = self.cfg
-        decay, no_decay, extra = [], [], []
         module = self.model.exit_module
         extra_ids = {id(p) for p in module.parameters()} if module is not None else set()
+        scales = self.lr_scales()
+        # (no decay, lr scale) -> params; decayed and undecayed weights stay in separate groups
+        # even when weight_decay is 0, so a checkpoint's optimiser state always fits
+        by_setting: dict[tuple[bool, float], list[nn.Parameter]] = {}
+        extra = []
         for name, p in self.model.named_parameters():
             if id(p) in extra_ids:
                 extra.append(p)
-            elif p.ndim < 2 or "LayerNorm" in name or name.endswith("bias"):
-                no_decay.append(p)
-            else:
-                decay.append(p)
+                continue
+            no_decay = p.ndim < 2 or "LayerNorm" in name or name.endswith("bias")
+            by_setting.setdefault((no_decay, scales.get(id(p), 1.0)), []).append(p)
         groups: list[dict[str, Any]] = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+            {"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+             "lr": cfg.lr * scale}
+            for (no_decay, scale), params in by_setting.items()
+        ]  # fmt: skip
         if extra:
             groups.append(
                 {"params": extra, "weight_decay": 0.0, "lr": self.method.module_lr() or cfg.lr}
@@ -252,6 +256,23 @@ class TrainingRun:
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, warmup, max(total_steps, 1)
         )
+
+    def lr_scales(self) -> dict[int, float]:
+        """Layer-wise learning-rate decay, by parameter id (absent: the full rate).
+
+        Encoder layer l of L (1 = lowest) trains at ``layer_lr_decay ** (L - l)`` of ``lr``,
+        the embeddings at ``** L``; exit heads keep ``lr``. Lower layers hold the more
+        general features, so they move less (Zhang et al., *Revisiting Few-sample BERT
+        Fine-tuning*).
+        """
+        decay = self.cfg.layer_lr_decay
+        if decay == 1.0:
+            return {}
+        n = self.model.num_layers
+        scales = {id(p): decay**n for p in self.model.embedding_parameters()}
+        for i in range(n):
+            scales.update({id(p): decay ** (n - 1 - i) for p in self.model.layer_parameters(i)})
+        return scales
 
     def apply_trainable(self, plan: StepPlan) -> None:
         """Freeze everything outside the plan, so frozen weights get no gradient at all."""
