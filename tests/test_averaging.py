@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tiny import tiny_backbone, tiny_config
+from tiny import straight_and_resumed, tiny_backbone, tiny_config
 
 from berter.averaging import WeightAverage
 from berter.errors import ConfigError
@@ -72,15 +72,7 @@ def test_training_with_ema_follows_the_same_path_and_evaluates_the_average():
 
 
 def test_resuming_with_ema_matches_an_uninterrupted_run(tmp_path):
-    cfg = tiny_config(epochs=2, ema_decay=0.9)
-    straight = TrainingRun(cfg, backbone=tiny_backbone())
-    straight.fit()
-    first = TrainingRun(cfg, backbone=tiny_backbone())
-    first.train_epoch()
-    save_checkpoint(first, tmp_path, {})
-    resumed = TrainingRun(cfg, backbone=tiny_backbone(seed=5))
-    load_checkpoint(resumed, tmp_path)
-    resumed.train_epoch()
+    straight, resumed = straight_and_resumed(tiny_config(epochs=2, ema_decay=0.9), tmp_path)
     assert same(straight.model, resumed.model)
     assert same(straight.average.averaged.module, resumed.average.averaged.module)
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
-from tiny import tiny_backbone, tiny_config
+from tiny import straight_and_resumed, tiny_backbone, tiny_config
 
 from berter.errors import ConfigError
 from berter.search import parse_search, parse_settings
 from berter.train import TrainingRun
-from berter.trainable import load_checkpoint, save_checkpoint
 
 
 def lr_of(run: TrainingRun) -> dict[int, float]:
@@ -68,15 +67,7 @@ def test_layer_decay_moves_the_embeddings_less():
 
 
 def test_resuming_with_layer_decay_matches_an_uninterrupted_run(tmp_path):
-    cfg = tiny_config(epochs=2, layer_lr_decay=0.7)
-    straight = TrainingRun(cfg, backbone=tiny_backbone())
-    straight.fit()
-    first = TrainingRun(cfg, backbone=tiny_backbone())
-    first.train_epoch()
-    save_checkpoint(first, tmp_path, {})
-    resumed = TrainingRun(cfg, backbone=tiny_backbone(seed=5))
-    load_checkpoint(resumed, tmp_path)
-    resumed.train_epoch()
+    straight, resumed = straight_and_resumed(tiny_config(epochs=2, layer_lr_decay=0.7), tmp_path)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 

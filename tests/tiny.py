@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import BertConfig, BertModel
 
 from berter.config import Config
+
+if TYPE_CHECKING:
+    from berter.train import TrainingRun
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cs224n"
 
@@ -42,3 +46,20 @@ def tiny_config(**overrides) -> Config:
     )
     values.update(overrides)
     return Config(**values)
+
+
+def straight_and_resumed(cfg: Config, directory: Path) -> tuple[TrainingRun, TrainingRun]:
+    """A two-epoch run, and the same run checkpointed after its first epoch into
+    ``directory`` and resumed in a fresh model with other weights: they should agree."""
+    from berter.train import TrainingRun
+    from berter.trainable import load_checkpoint, save_checkpoint
+
+    straight = TrainingRun(cfg, backbone=tiny_backbone())
+    straight.fit()
+    first = TrainingRun(cfg, backbone=tiny_backbone())
+    first.train_epoch()
+    save_checkpoint(first, directory, {})
+    resumed = TrainingRun(cfg, backbone=tiny_backbone(seed=5))
+    load_checkpoint(resumed, directory)
+    resumed.train_epoch()
+    return straight, resumed
