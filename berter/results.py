@@ -25,6 +25,7 @@ at any moment leaves readable files holding every finished trial. The files are 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -38,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray import tune
 
-from berter.config import AXES
+from berter.config import AXES, Config
 from berter.data import TASKS
 from berter.metrics import metric_column
 
@@ -179,6 +180,19 @@ def _pylist(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
+def with_later_settings(table: pa.Table) -> pa.Table:
+    """A trials table written before some setting existed, with that setting's column added
+    at its ``Config`` default: the value those trials trained with, in effect, so old and new
+    trials compare (and a resumed old sweep keeps one column type)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for name, typ in HYPERPARAMETERS:
+        value = defaults.get(name, dataclasses.MISSING)
+        if name in table.column_names or not isinstance(value, (bool, int, float, str)):
+            continue
+        table = table.append_column(pa.field(name, typ), pa.array([value] * len(table), typ))
+    return table
+
+
 # ----------------------------------------------------------------------------- storage
 def is_uri(path: str) -> bool:
     return "://" in str(path)
@@ -257,6 +271,8 @@ def read_results(path: str | Path) -> dict[str, pd.DataFrame]:
         if table is None:
             schema = {"trials": trial_schema(), "epochs": epoch_schema(), "exits": EXIT_SCHEMA}[key]
             table = schema.empty_table()
+        if key == "trials":
+            table = with_later_settings(table)
         out[key] = table.to_pandas()
     return out
 
@@ -360,7 +376,8 @@ class ResultsWriter(tune.Callback):
         """Start from the rows already in the results directory (a resumed sweep)."""
         self._reset()
         store = Store(self.root)
-        for row in _pylist(store.read_table(FILES["trials"]) or self.trial_schema.empty_table()):
+        trials = store.read_table(FILES["trials"]) or self.trial_schema.empty_table()
+        for row in _pylist(with_later_settings(trials)):
             self.trials[row["trial_id"]] = row
         for row in _pylist(store.read_table(FILES["epochs"]) or self.epoch_schema.empty_table()):
             self.epochs[(row["trial_id"], row["epoch"])] = row

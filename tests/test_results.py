@@ -223,3 +223,19 @@ def test_pareto_front_keeps_only_non_dominated_trials():
     )
     front = pareto_front(df, ["dev_score", "avg_exit_layer"], ["max", "min"])
     assert list(front.index) == ["a", "c", "b"]  # d is beaten by b on both
+
+
+def test_trials_written_before_a_setting_existed_read_back_at_its_default(tmp_path):
+    w = writer(tmp_path)
+    t = make_trial("a")
+    w.on_trial_start(0, [], t)
+    w.on_trial_result(0, [], t, result(1, 0.5))
+    w.on_trial_complete(0, [], t)
+    path = tmp_path / "trials.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["layer_lr_decay", "ema_decay"]), path)
+
+    row = read_results(tmp_path)["trials"].iloc[0]
+    assert row.layer_lr_decay == 1.0 and row.ema_decay == 0.0  # Config's defaults
+    resumed = writer(tmp_path)  # a resumed sweep merges the old rows, then rewrites the file
+    resumed.flush()
+    assert pq.read_table(path).column("layer_lr_decay").to_pylist() == [1.0]
