@@ -8,6 +8,7 @@ a flat dict of these field names, so ``Config.from_dict`` is the only bridge.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ class Config:
     max_train: int | None = None  # per task
     max_dev: int | None = None  # per task
     task_order: str = "proportional"  # round_robin ends each epoch on the largest task alone
+    task_weights: str = ""  # loss weight per task, e.g. "sst=2,sts=0.5"; tasks not named weigh 1
     pair_swap: bool = False  # train each pair in a random order of its sentences, per epoch
     calib_fraction: float = 0.1  # training slice held out to choose exit thresholds
     calib_max: int = 500  # cap on that slice, per task
@@ -145,6 +147,9 @@ class Config:
 
         if not self.tasks:
             raise ConfigError("tasks is empty")
+        weights = self.loss_weights()
+        if not any(weights.values()):
+            raise ConfigError(f"task_weights={self.task_weights!r} leaves no task to train")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if int(self.batch_size) < 1:
@@ -193,6 +198,24 @@ class Config:
         if self.cos_loss == "on" and known and not any(t.is_pair for t in known):
             raise ConfigError("cos_loss=on needs a sentence-pair task (e.g. para or sts) in tasks")
         STRATEGIES[self.strategy].check_config(self)
+
+    def loss_weights(self) -> dict[str, float]:
+        """Each task's loss weight, from ``task_weights`` ("sst=2,sts=0.5"; others 1)."""
+        weights = dict.fromkeys(self.tasks, 1.0)
+        for item in filter(None, (i.strip() for i in self.task_weights.split(","))):
+            name, sep, raw = (part.strip() for part in item.partition("="))
+            try:
+                value = float(raw) if sep else math.nan
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"task_weights: {item!r} is not TASK=WEIGHT with WEIGHT >= 0")
+            if name not in weights:
+                raise ConfigError(
+                    f"task_weights: {name!r} is not one of the tasks ({', '.join(self.tasks)})"
+                )
+            weights[name] = value
+        return weights
 
     # ------------------------------------------------------------------
     @property

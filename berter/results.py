@@ -92,7 +92,7 @@ HYPERPARAMETERS: list[tuple[str, pa.DataType]] = [
     ("patience", I64), ("qexit_beta", F64), ("qexit_prior", F64), ("qexit_q", F64),
     ("regression_delta", F64), ("exit_threshold", F64), ("exit_tolerance", F64),
     ("max_len", I64), ("max_train", I64), ("max_dev", I64), ("drop_top", I64),
-    ("task_order", STR), ("tasks", STR), ("pair_swap", BOOL), ("pooling", STR),
+    ("task_order", STR), ("tasks", STR), ("task_weights", STR), ("pair_swap", BOOL), ("pooling", STR),
     ("calib_fraction", F64), ("calib_max", I64), ("cos_threshold", F64),
     ("amp", BOOL), ("compile", BOOL),
 ]  # fmt: skip

@@ -158,6 +158,7 @@ class TrainingRun:
         seed_everything(cfg.seed)
         self.data = data or load_data_for(cfg)
         self.tasks = [self.data.splits[name].task for name in cfg.tasks]
+        self.loss_weights = cfg.loss_weights()
         self.tokenizer = tokenizer or get_tokenizer(cfg.model)
         self.encoded: dict[str, dict[str, EncodedSplit]] = {}
         for task in self.tasks:
@@ -309,7 +310,8 @@ class TrainingRun:
                 loss = loss + self.cfg.smart_lambda * smart_loss(
                     self.model, batch, outs, plan.exits, self.cfg
                 )
-        return loss
+        weight = self.loss_weights[task.name]
+        return loss if weight == 1.0 else loss * weight
 
     def train_epoch(self) -> EpochReport:
         """One training pass; reports the mean loss (one host sync, at the end)."""
