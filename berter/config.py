@@ -147,8 +147,7 @@ class Config:
 
         if not self.tasks:
             raise ConfigError("tasks is empty")
-        weights = self.loss_weights()
-        if not any(weights.values()):
+        if not any(self.loss_weights().values()):
             raise ConfigError(f"task_weights={self.task_weights!r} leaves no task to train")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")

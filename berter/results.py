@@ -86,15 +86,14 @@ def task_metric_fields(tasks: tuple[str, ...] | list[str]) -> list[tuple[str, pa
 HYPERPARAMETERS: list[tuple[str, pa.DataType]] = [
     ("lr", F64), ("batch_size", I64), ("dropout", F64), ("epochs", I64), ("optimizer", STR),
     ("weight_decay", F64), ("warmup_ratio", F64), ("grad_clip", F64), ("ema_decay", F64),
-    ("layer_lr_decay", F64),
-    ("smart_lambda", F64), ("smart_step", F64), ("smart_eps", F64), ("smart_steps", I64),
-    ("cos_margin", F64), ("slf_fraction", F64), ("lte_lr", F64), ("lambda_lr", F64),
-    ("patience", I64), ("qexit_beta", F64), ("qexit_prior", F64), ("qexit_q", F64),
-    ("regression_delta", F64), ("exit_threshold", F64), ("exit_tolerance", F64),
-    ("max_len", I64), ("max_train", I64), ("max_dev", I64), ("drop_top", I64),
-    ("task_order", STR), ("tasks", STR), ("task_weights", STR), ("pair_swap", BOOL), ("pooling", STR),
-    ("calib_fraction", F64), ("calib_max", I64), ("cos_threshold", F64),
-    ("amp", BOOL), ("compile", BOOL),
+    ("layer_lr_decay", F64), ("smart_lambda", F64), ("smart_step", F64), ("smart_eps", F64),
+    ("smart_steps", I64), ("cos_margin", F64), ("slf_fraction", F64), ("lte_lr", F64),
+    ("lambda_lr", F64), ("patience", I64), ("qexit_beta", F64), ("qexit_prior", F64),
+    ("qexit_q", F64), ("regression_delta", F64), ("exit_threshold", F64),
+    ("exit_tolerance", F64), ("max_len", I64), ("max_train", I64), ("max_dev", I64),
+    ("drop_top", I64), ("task_order", STR), ("tasks", STR), ("task_weights", STR),
+    ("pair_swap", BOOL), ("pooling", STR), ("calib_fraction", F64), ("calib_max", I64),
+    ("cos_threshold", F64), ("amp", BOOL), ("compile", BOOL),
 ]  # fmt: skip
 
 

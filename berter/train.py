@@ -310,8 +310,7 @@ class TrainingRun:
                 loss = loss + self.cfg.smart_lambda * smart_loss(
                     self.model, batch, outs, plan.exits, self.cfg
                 )
-        weight = self.loss_weights[task.name]
-        return loss if weight == 1.0 else loss * weight
+        return loss * self.loss_weights[task.name]  # x * 1.0 == x: unweighted runs are unchanged
 
     def train_epoch(self) -> EpochReport:
         """One training pass; reports the mean loss (one host sync, at the end)."""
