@@ -11,15 +11,6 @@ from berter.model import ExitOutput, MultiExitBert
 from berter.smart import adversarial_noise, divergence, smart_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not spin against other processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def setup(task: str, **overrides):
     """A tiny model in eval mode (no dropout noise) and one demo batch of ``task``."""
     cfg = tiny_config(strategy="joint", smart="all", **overrides)

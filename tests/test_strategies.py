@@ -18,15 +18,6 @@ from berter.train import TrainingRun
 TASKS = ("sst", "para", "sts")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not spin against other processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data():
     return load_data(None, TASKS, max_train=16, max_dev=8, seed=0, calib_fraction=0.0)

@@ -24,14 +24,6 @@ from berter.variants import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def with_berter(monkeypatch):
     """The hybrid exit method registered (a stand-in if berter.exits does not have it yet)."""
