@@ -93,6 +93,8 @@ class Config:
     qexit_beta: float = 0.5
     qexit_prior: float = 0.1
     qexit_q: float = 0.5
+    exit_distill: float = 0.0  # weight of trained intermediate exits matching the last (0: off)
+    distill_temperature: float = 1.0  # softens both distributions of that match
 
     # --- runtime ---
     device: str = "auto"  # auto | cpu | cuda
@@ -177,6 +179,10 @@ class Config:
             raise ConfigError(f"slf_fraction must be in (0, 1], got {self.slf_fraction}")
         if self.smart_steps < 1:
             raise ConfigError(f"smart_steps must be >= 1, got {self.smart_steps}")
+        if self.exit_distill < 0:
+            raise ConfigError(f"exit_distill must be >= 0, got {self.exit_distill}")
+        if not self.distill_temperature > 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1, got {self.patience}")
         if self.strategy == "final" and self.exit_method != "none":

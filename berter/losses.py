@@ -54,3 +54,27 @@ def per_example_loss(
     if logits.dim() == 1:
         return F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
     return F.cross_entropy(logits, labels.long(), reduction="none")
+
+
+def distill_loss(
+    task: Task, student: ExitOutput, teacher: ExitOutput, temperature: float = 1.0
+) -> torch.Tensor:
+    """Self-distillation: one exit matches another's (detached) prediction.
+
+    Classification: KL(teacher || student) of the softmax at ``temperature``, times T^2 so
+    that the gradient's scale does not depend on T (Hinton et al., 2015); a binary exit's
+    one logit is the two classes [0, logit]. Regression and siamese (cosine) exits: MSE
+    between the two outputs. Early exits that agree with the last layer can stop sooner
+    at the same score (FastBERT's self-distillation).
+    """
+    s = student.logits.float()
+    t = teacher.logits.detach().float()
+    if task.is_regression or student.pair is not None:
+        return F.mse_loss(s, t)
+    if s.dim() == 1:  # binary: the logit of class 1 against a fixed 0 for class 0
+        s = torch.stack([torch.zeros_like(s), s], dim=-1)
+        t = torch.stack([torch.zeros_like(t), t], dim=-1)
+    log_s = F.log_softmax(s / temperature, dim=-1)
+    log_t = F.log_softmax(t / temperature, dim=-1)
+    kl = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+    return kl * temperature**2

@@ -86,6 +86,7 @@ SPACE: tuple[Param, ...] = (
     Param("optimizer", "optimizer", "choice", choices=OPTIMIZERS, help="optimiser"),
     Param("layer_decay", "layer_lr_decay", "uniform", 0.7, 1.0, help="layer-wise lr decay"),
     Param("ema", "ema_decay", "choice", choices=(0.0, 0.999, 0.9995), help="weight EMA (0: off)"),
+    Param("distill", "exit_distill", "uniform", 0.0, 2.0, help="exit self-distillation weight"),
     Param("smart_lambda", "smart_lambda", "loguniform", 0.1, 10.0, help="SMART term weight"),
     Param("smart_step", "smart_step", "loguniform", 1e-4, 1e-2, help="SMART ascent step"),
     Param("smart_eps", "smart_eps", "loguniform", 1e-6, 1e-4, help="SMART initial noise std"),
@@ -109,6 +110,7 @@ ALIASES = {
     "warmup_ratio": "warmup",
     "ema_decay": "ema",
     "layer_lr_decay": "layer_decay",
+    "exit_distill": "distill",
     "cos": "cos_loss",
     "exit_method": "exit",
 }

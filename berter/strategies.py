@@ -4,8 +4,9 @@ With L_i the summed task loss of exit i (1-based in the papers, 0-based here) an
 layers, a strategy answers two questions for the training loop:
 - ``epoch_phase(epoch)``: the phase that epoch belongs to. A new phase gets a fresh
   optimizer and learning-rate schedule (two-stage's second stage, SLF -> main).
-- ``step(epoch, step, num_steps)``: a :class:`StepPlan`, the exits whose losses are summed
-  and the parameters that are trainable (None = all).
+- ``step(epoch, step, num_steps)``: a :class:`StepPlan`, the exits whose losses are summed,
+  the parameters that are trainable (None = all) and whether the last exit may teach the
+  others (``cfg.exit_distill``).
 ``end_epoch(epoch, dev_score)`` lets a strategy react to validation (smart alternating).
 A new strategy is one class here plus one entry in ``STRATEGIES``.
 
@@ -46,6 +47,7 @@ from berter.errors import ConfigError
 class StepPlan:
     exits: tuple[int, ...]  # 0-based exit indices whose losses are summed
     trainable: frozenset[str] | None = None  # names of parameters to update; None = all
+    teacher: bool = True  # the last exit is trained enough to teach the others (exit_distill)
 
 
 def parameter_names(model: nn.Module, params: Iterable[nn.Parameter]) -> frozenset[str]:
@@ -276,7 +278,8 @@ class SequentialLayerFocus(Strategy):
         if epoch > 0:
             return self.inner.step(epoch - 1, step, num_steps)
         i = self.layer_at(step, num_steps)
-        return StepPlan(exits=(i,), trainable=self.layers[i])
+        # the last exit has not been trained yet: nothing for layer i to distil from
+        return StepPlan(exits=(i,), trainable=self.layers[i], teacher=False)
 
     def end_epoch(self, epoch: int, dev_score: float) -> None:
         if epoch > 0:

@@ -42,6 +42,7 @@ from berter.data import (
     swapped,
 )
 from berter.exits import ExitMethod, build_exit_method
+from berter.losses import distill_loss
 from berter.metrics import dev_score, metric_column, predict, task_metric
 from berter.model import MultiExitBert
 from berter.strategies import StepPlan, build_strategy
@@ -297,10 +298,21 @@ class TrainingRun:
             return plan.exits
         return None
 
+    def students(self, plan: StepPlan) -> tuple[int, ...]:
+        """The intermediate exits this step distils from the last one (``exit_distill``)."""
+        if self.cfg.exit_distill <= 0 or not plan.teacher:
+            return ()
+        return tuple(i for i in plan.exits if i != self.model.num_layers - 1)
+
     def step_loss(self, batch: Batch, plan: StepPlan) -> torch.Tensor:
         task = self.model.tasks[batch.task]
+        students = self.students(plan)
+        last = self.model.num_layers - 1
+        exits = self.loss_exits(plan)
+        if students and exits is not None:
+            exits = (*exits, last)  # the teacher
         with self.autocast():
-            outs = self.forward(batch, exits=self.loss_exits(plan))
+            outs = self.forward(batch, exits=exits)
             loss = self.method.training_loss(
                 task, outs, batch.labels, plan.exits, self.model.exit_module
             )
@@ -309,6 +321,10 @@ class TrainingRun:
 
                 loss = loss + self.cfg.smart_lambda * smart_loss(
                     self.model, batch, outs, plan.exits, self.cfg
+                )
+            for i in students:
+                loss = loss + self.cfg.exit_distill * distill_loss(
+                    task, outs[i], outs[last], self.cfg.distill_temperature
                 )
         return loss * self.loss_weights[task.name]  # x * 1.0 == x: unweighted runs are unchanged
 
