@@ -43,6 +43,7 @@ from berter.errors import BerterError  # noqa: E402
 from berter.exits import build_exit_method, operating_point, thresholds_from_metrics  # noqa: E402
 from berter.infer import load_model, measure_speedup, save_model  # noqa: E402
 from berter.metrics import metric_column  # noqa: E402
+from berter.search import parse_settings  # noqa: E402
 from berter.train import TrainingRun  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
@@ -75,6 +76,7 @@ def train(method: str, args: argparse.Namespace, s: dict) -> TrainingRun:
         exit_tolerance=args.tolerance,
         num_threads=args.train_threads,
         seed=args.seed,
+        **s["set"],
     )
     run = TrainingRun(cfg, log=lambda m: print(f"  [{method}] {m}", file=sys.stderr, flush=True))
     run.fit()
@@ -212,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="training epochs (default: 1)")
     p.add_argument("--calib-max", type=int, help="calibration examples per task (default 250)")
     p.add_argument("--save", help="also save each model as an inference checkpoint under this dir")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="a training setting, as sweeps/run.py --set (e.g. exit_distill=1); repeatable",
+    )
     args = p.parse_args(argv)
     if not args.data_dir.is_dir():
         print(f"error: {args.data_dir}: no CS224N data directory", file=sys.stderr)
@@ -224,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     runs: dict[str, TrainingRun] = {}
     rows: list[dict] = []
+    if args.checkpoint and args.set:
+        print(
+            "error: --set changes training; --checkpoint measures a trained model", file=sys.stderr
+        )
+        return 2
     if args.checkpoint:
         try:
             run = from_checkpoint(args.checkpoint, args)
@@ -236,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         s.update(calib_max=run.cfg.calib_max, checkpoint=args.checkpoint)
     else:
         methods = [m for m in (args.methods or ",".join(METHODS)).split(",") if m]
+        try:
+            s["set"] = parse_settings(args.set, [])  # checked before any training
+        except BerterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     for method in methods:
         trained_as = method if args.checkpoint else TRAINED_AS.get(method, method)
         if trained_as not in runs:
