@@ -271,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         trained_as = method if args.checkpoint else TRAINED_AS.get(method, method)
         if trained_as not in runs:
             t0 = time.perf_counter()
-            runs[trained_as] = train(trained_as, args, s)
+            try:
+                runs[trained_as] = train(trained_as, args, s)
+            except BerterError as exc:  # a bad setting or data, found as the run starts
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             print(
                 f"trained {trained_as} in {time.perf_counter() - t0:.0f}s",
                 file=sys.stderr,

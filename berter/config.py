@@ -179,6 +179,8 @@ class Config:
             raise ConfigError(f"slf_fraction must be in (0, 1], got {self.slf_fraction}")
         if self.smart_steps < 1:
             raise ConfigError(f"smart_steps must be >= 1, got {self.smart_steps}")
+        if not 0 <= self.exit_tolerance < 1:
+            raise ConfigError(f"exit_tolerance must be in [0, 1), got {self.exit_tolerance}")
         if self.exit_distill < 0:
             raise ConfigError(f"exit_distill must be >= 0, got {self.exit_distill}")
         if not self.distill_temperature > 0:

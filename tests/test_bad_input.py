@@ -171,6 +171,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "negative lr": (lambda t: demo(t, "--set", "lr=-1", search="dropout"), "lr must be > 0"),
     "batch size 0": (lambda t: demo(t, "--set", "batch=0"), "batch_size must be >= 1"),
     "dropout 1": (lambda t: demo(t, "--set", "dropout=1"), "dropout must be in [0, 1)"),
+    "negative exit tolerance": (
+        lambda t: demo(t, "--set", "exit_tolerance=-0.01"),
+        "exit_tolerance must be in [0, 1)",
+    ),
     "lr not a number": (
         lambda t: demo(t, "--set", "lr=fast", search="dropout"),
         "'fast' is not a number",
