@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from berter.config import Config  # noqa: E402
-from berter.errors import BerterError  # noqa: E402
+from berter.errors import BerterError, ConfigError  # noqa: E402
 from berter.exits import build_exit_method, operating_point, thresholds_from_metrics  # noqa: E402
 from berter.infer import load_model, measure_speedup, save_model  # noqa: E402
 from berter.metrics import metric_column  # noqa: E402
@@ -109,7 +109,7 @@ def checkpoint_methods(trained: str, asked: str | None) -> list[str]:
     methods = [m for m in asked.split(",") if m] if asked else usable
     wrong = [m for m in methods if m not in usable]
     if wrong:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint was trained for exit method {trained}; "
             f"{', '.join(wrong)} cannot be measured on it (use {', '.join(usable)})"
         )
@@ -234,9 +234,18 @@ def main(argv: list[str] | None = None) -> int:
         help="a training setting, as sweeps/run.py --set (e.g. exit_distill=1); repeatable",
     )
     args = p.parse_args(argv)
-    if not args.data_dir.is_dir():
-        print(f"error: {args.data_dir}: no CS224N data directory", file=sys.stderr)
+    try:
+        return measure(args)
+    except BerterError as exc:  # a bad setting, checkpoint or data: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def measure(args: argparse.Namespace) -> int:
+    if not args.data_dir.is_dir():
+        raise ConfigError(f"{args.data_dir}: no CS224N data directory")
+    if args.checkpoint and args.set:
+        raise ConfigError("--set changes training; --checkpoint measures a trained model")
     s = settings(args.quick)
     if args.epochs is not None:
         s["epochs"] = args.epochs
@@ -245,37 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     runs: dict[str, TrainingRun] = {}
     rows: list[dict] = []
-    if args.checkpoint and args.set:
-        print(
-            "error: --set changes training; --checkpoint measures a trained model", file=sys.stderr
-        )
-        return 2
     if args.checkpoint:
-        try:
-            run = from_checkpoint(args.checkpoint, args)
-            methods = checkpoint_methods(run.cfg.exit_method, args.methods)
-        except (ValueError, BerterError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        run = from_checkpoint(args.checkpoint, args)
+        methods = checkpoint_methods(run.cfg.exit_method, args.methods)
         runs = {m: run for m in methods}
         s.update(max_dev=run.cfg.max_dev, max_train=run.cfg.max_train, epochs="as trained")
         s.update(calib_max=run.cfg.calib_max, checkpoint=args.checkpoint)
     else:
         methods = [m for m in (args.methods or ",".join(METHODS)).split(",") if m]
-        try:
-            s["set"] = parse_settings(args.set, [])  # checked before any training
-        except BerterError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        s["set"] = parse_settings(args.set, [])  # checked before any training
     for method in methods:
         trained_as = method if args.checkpoint else TRAINED_AS.get(method, method)
         if trained_as not in runs:
             t0 = time.perf_counter()
-            try:
-                runs[trained_as] = train(trained_as, args, s)
-            except BerterError as exc:  # a bad setting or data, found as the run starts
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
+            runs[trained_as] = train(trained_as, args, s)
             print(
                 f"trained {trained_as} in {time.perf_counter() - t0:.0f}s",
                 file=sys.stderr,
