@@ -74,12 +74,14 @@ class ExitRun:
         return float(self.exit_layers.mean()) if len(self.exit_layers) else float("nan")
 
 
-def cap(enc: EncodedSplit, max_examples: int | None, seed: int = 0) -> EncodedSplit:
+def sample(enc: EncodedSplit, max_examples: int | None, seed: int = 0) -> EncodedSplit:
     """A seeded random ``max_examples`` of an encoded split, in the split's order (all for None).
 
     Random rather than the first ones: a file's first examples need not exit like the rest
-    (the first 150 Quora dev pairs exit 0.25 layers later on average than all 4,000), and a
-    speedup timed on them would not be the split's.
+    (on one full-data model the first 150 Quora dev pairs exit 0.25 layers later on average
+    than all 4,000), and a speedup timed on them would not be the split's. Drawn with numpy
+    rather than load_data's ``random.Random`` subset: the sample the timings in
+    BENCHMARKS.md were taken on.
     """
     if max_examples is None or max_examples >= len(enc):
         return enc
@@ -221,7 +223,7 @@ def measure_speedup(
     """
     task = enc.task
     param = thresholds.get(task.name) if isinstance(thresholds, dict) else thresholds
-    enc = cap(enc, max_examples)
+    enc = sample(enc, max_examples)
     device = next(model.parameters()).device
     batches = prepare(enc, batch_size, device)
     labels = np.asarray(enc.labels, dtype=np.float64)

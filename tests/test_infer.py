@@ -9,13 +9,13 @@ from transformers import BertConfig, BertModel
 from berter.errors import DataError
 from berter.exits import ExitContext
 from berter.infer import (
-    cap,
     load_model,
     load_tokenizer,
     main,
     measure_speedup,
     prepare,
     run_exits,
+    sample,
     save_model,
     speed_metrics,
 )
@@ -149,14 +149,14 @@ def test_timed_sample_is_seeded_random_in_split_order_with_rows_kept_together():
     enc = run.encoded["para"]["dev"]
     rows = list(zip(enc.ids_a, enc.ids_b, enc.labels, strict=True))
     assert len({repr(r) for r in rows}) == len(rows)  # each row found by value below
-    got = cap(enc, 5)
+    got = sample(enc, 5)
     picked = list(zip(got.ids_a, got.ids_b, got.labels, strict=True))
     assert len(got) == 5 and all(r in rows for r in picked)
     assert [rows.index(r) for r in picked] == sorted(rows.index(r) for r in picked)
     assert picked != rows[:5]  # not simply the first ones (seed 0 on 16 examples)
-    assert cap(enc, 5).ids_a == got.ids_a  # the same sample every time
-    assert cap(enc, 5, seed=1).ids_a != got.ids_a
-    assert cap(enc, None) is enc and cap(enc, len(enc) + 3) is enc
+    assert sample(enc, 5).ids_a == got.ids_a  # the same sample every time
+    assert sample(enc, 5, seed=1).ids_a != got.ids_a
+    assert sample(enc, None) is enc and sample(enc, len(enc) + 3) is enc
 
 
 def test_checkpoint_round_trip_gives_the_same_model_and_thresholds(tmp_path):
