@@ -86,6 +86,8 @@ class Config:
     # --- exits ---
     exit_threshold: float | None = None  # None: chosen on the calibration slice
     exit_tolerance: float = 0.01  # operating point: within 1% of the final layer
+    exit_per_layer: bool = False  # calibrate one threshold per exit layer instead of one for all
+    exit_confidence: float = 0.9  # per-layer: share of calibration resamples that must keep it
     lte_lr: float = 1e-4
     lambda_lr: float = 1e-4
     patience: int = 2
@@ -181,6 +183,8 @@ class Config:
             raise ConfigError(f"smart_steps must be >= 1, got {self.smart_steps}")
         if not 0 <= self.exit_tolerance < 1:
             raise ConfigError(f"exit_tolerance must be in [0, 1), got {self.exit_tolerance}")
+        if not 0 <= self.exit_confidence < 1:
+            raise ConfigError(f"exit_confidence must be in [0, 1), got {self.exit_confidence}")
         if self.exit_distill < 0:
             raise ConfigError(f"exit_distill must be >= 0, got {self.exit_distill}")
         if not self.distill_temperature > 0:

@@ -12,6 +12,9 @@ real early-exit engine (berter.infer) share one code path and cannot disagree:
   patience, a quantile q); ``param=None`` never fires (no early exit).
 - ``grid(task, n)``: the default values of that scalar for the trade-off tables.
 
+An operating param is that scalar for every layer, or with ``cfg.exit_per_layer`` one per
+exit layer (``Param``; None at a layer: nothing exits there).
+
 The last layer always exits. Methods and their rules:
 
 - ``none``: always the last layer.
@@ -38,7 +41,9 @@ held out from the training data: the fastest grid value whose calibration metric
 Per task, because each task's signal lives on its own scale (5-way vs. binary confidence,
 LTE certainty for STS). When no setting qualifies, or a task has no calibration data, the
 task runs to the last layer. ``cfg.exit_threshold``, when set, is used for every task
-instead (it is the rule's scalar: a patience for ``patience``, q for ``qexit``).
+instead (it is the rule's scalar: a patience for ``patience``, q for ``qexit``). With
+``cfg.exit_per_layer`` each task gets one value per exit layer instead, grown greedily
+(``choose_per_layer``) and guarded by bootstrap resamples of the calibration slice.
 ``cfg.patience`` and ``cfg.qexit_q`` are those methods' defaults where nothing was
 calibrated (the inference command line with another ``--method``).
 
@@ -59,12 +64,28 @@ from torch import nn
 from berter.config import Config
 from berter.data import Task
 from berter.losses import per_example_loss, task_loss
-from berter.metrics import dev_score, metric_column, predict, task_metric
+from berter.metrics import dev_score, metric_column, predict, task_metric, task_metric_rows
 
 if TYPE_CHECKING:  # the model module imports transformers' BERT: not for a config check
     from berter.model import ExitOutput
 
 State = dict[str, torch.Tensor]
+# An exit rule's setting: one scalar for every layer, one per exit layer (n - 1 entries, the
+# last layer always exits; None there: nothing exits at that layer), or None (no early exit).
+Param = float | tuple[float | None, ...] | None
+
+
+def layer_param(param: Param, i: int) -> float | None:
+    """The rule's scalar at exit ``i`` (0-based)."""
+    if isinstance(param, tuple):
+        return param[i] if i < len(param) else None
+    return param
+
+
+def never_exits(param: Param) -> bool:
+    """True when no layer but the last can fire."""
+    return param is None or (isinstance(param, tuple) and all(v is None for v in param))
+
 
 # default grids of the exit rule's scalar, for the trade-off tables and the operating point
 CONFIDENCE_GRID = (
@@ -137,6 +158,9 @@ class ExitMethod:
     """Base class and ``none``: always the last layer; the loss is the plain sum of L_i."""
 
     name = "none"
+    # the signal carries state from layer to layer (patience counts, halting mass): the
+    # engine must compute it at every layer, even where the rule cannot fire
+    stateful = False
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -196,9 +220,17 @@ class ExitMethod:
                 sig.append(s.float().cpu())
         return torch.stack(sig) if sig else torch.zeros(0, 0)
 
-    def exit_layers(self, signals: torch.Tensor, param: float | None) -> np.ndarray:
+    def exit_layers(self, signals: torch.Tensor, param: Param) -> np.ndarray:
         """0-based exit layer of every example: the first layer whose rule fires, else the last."""
-        fire = self.fires(signals, param).cpu().numpy().copy()
+        if isinstance(param, tuple):
+            fire = np.stack(
+                [
+                    self.fires(signals[i], layer_param(param, i)).cpu().numpy()
+                    for i in range(len(signals))
+                ]
+            )
+        else:
+            fire = self.fires(signals, param).cpu().numpy().copy()
         fire[-1] = True
         return fire.argmax(axis=0)
 
@@ -323,6 +355,7 @@ class Patience(ExitMethod):
     """
 
     name = "patience"
+    stateful = True
 
     def training_loss(
         self,
@@ -400,6 +433,7 @@ class QExit(ExitMethod):
     """
 
     name = "qexit"
+    stateful = True
 
     def build_module(self, hidden: int, tasks: list[Task]) -> nn.Module | None:
         return nn.ModuleDict({t.name: LambdaNet(hidden) for t in tasks})
@@ -534,7 +568,7 @@ class Curve:
     avg_layers: list[float]
 
 
-def simulate(method: ExitMethod, ctx: ExitContext, te: Any, params: list[float | None]) -> Curve:
+def simulate(method: ExitMethod, ctx: ExitContext, te: Any, params: list[Param]) -> Curve:
     """Exit decisions of each param on a cached split (a TaskEval), without the backbone."""
     n = ctx.num_layers
     if len(te.labels) == 0:
@@ -547,7 +581,7 @@ def simulate(method: ExitMethod, ctx: ExitContext, te: Any, params: list[float |
     for param in params:
         exit_at = (
             method.exit_layers(signals, param)
-            if param is not None
+            if not never_exits(param)
             else np.full(preds.shape[1], n - 1)
         )
         metrics.append(task_metric(ctx.task, preds[exit_at, cols], te.labels))
@@ -572,11 +606,76 @@ def choose(curve: Curve, final: float, tolerance: float) -> float | None:
     return None if best is None else best[0]
 
 
+CALIB_RESAMPLES = 200  # bootstrap resamples of the calibration slice for per-layer choice
+
+
+def choose_per_layer(
+    method: ExitMethod,
+    ctx: ExitContext,
+    te: Any,
+    grid: list[float],
+    tolerance: float,
+    confidence: float,
+    resamples: int = CALIB_RESAMPLES,
+) -> tuple[float | None, ...] | None:
+    """One setting per exit layer, grown greedily on a calibration split (a TaskEval).
+
+    Starting from no early exit, each step sets one layer to the grid value that saves the
+    most layers per point of metric lost, among the changes that keep the calibration metric
+    within ``tolerance`` (relative) of the final layer's, both on the whole slice and in at
+    least ``confidence`` of its bootstrap resamples (paired: a resample scores the final
+    layer on the same examples). Choosing n - 1 values fits the slice's noise far more than
+    one shared value does; the resample guard keeps the dev metric near the slice's. None
+    when no layer can exit early.
+    """
+    n, task = ctx.num_layers, ctx.task
+    final = te.final
+    if n < 2 or math.isnan(final) or not grid:
+        return None
+    signals = method.layer_signals(ctx, te.logits, te.pooled)
+    preds = np.stack(te.preds)  # [n, N]
+    gold = np.asarray(te.labels)
+    cols = np.arange(len(gold))
+    rows = np.random.default_rng(0).integers(0, len(gold), (resamples, len(gold)))
+    gold_r = gold[rows]
+    final_r = task_metric_rows(task, preds[-1][rows], gold_r)
+    floor_r = final_r - tolerance * np.abs(final_r)
+    floor = final - tolerance * abs(final)
+    current: tuple[float | None, ...] = (None,) * (n - 1)
+    metric, layer = final, float(n)
+    while True:
+        best = None
+        for i in range(n - 1):
+            for value in grid:
+                if value == current[i]:
+                    continue
+                cand = current[:i] + (value,) + current[i + 1 :]
+                exit_at = method.exit_layers(signals, cand)
+                avg = float(exit_at.mean() + 1)
+                if avg >= layer - 1e-9:
+                    continue
+                pred = preds[exit_at, cols]
+                m = task_metric(task, pred, gold)
+                if math.isnan(m) or m < floor:
+                    continue
+                gain = (layer - avg) / max(metric - m, 1e-4)
+                if best is not None and gain <= best[0]:
+                    continue
+                kept = task_metric_rows(task, pred[rows], gold_r) >= floor_r
+                if kept.mean() < confidence:
+                    continue
+                best = (gain, cand, m, avg)
+        if best is None:
+            break
+        _, current, metric, layer = best
+    return None if never_exits(current) else current
+
+
 def _contexts(run: Any) -> dict[str, ExitContext]:
     return {t.name: ExitContext.from_model(run.model, t) for t in run.tasks}
 
 
-def calibrate(run: Any, calib: Any = None) -> dict[str, float | None]:
+def calibrate(run: Any, calib: Any = None) -> dict[str, Param]:
     """Per-task operating param chosen on the calibration slice (``cfg.exit_threshold`` wins)."""
     method, cfg = run.method, run.cfg
     n = run.model.num_layers
@@ -587,16 +686,21 @@ def calibrate(run: Any, calib: Any = None) -> dict[str, float | None]:
         return dict.fromkeys(grids)
     calib = calib if calib is not None else run.evaluate("calib")
     ctxs = _contexts(run)
-    chosen: dict[str, float | None] = {}
+    chosen: dict[str, Param] = {}
     for t in run.tasks:
         te = calib.tasks[t.name]
         grid = grids[t.name]
         if not grid or len(te.labels) == 0:
             chosen[t.name] = None  # nothing to exit on, or no calibration data: the last layer
             continue
-        chosen[t.name] = choose(
-            simulate(method, ctxs[t.name], te, grid), te.final, cfg.exit_tolerance
-        )
+        if cfg.exit_per_layer:
+            chosen[t.name] = choose_per_layer(
+                method, ctxs[t.name], te, grid, cfg.exit_tolerance, cfg.exit_confidence
+            )
+        else:
+            chosen[t.name] = choose(
+                simulate(method, ctxs[t.name], te, grid), te.final, cfg.exit_tolerance
+            )
     return chosen
 
 
@@ -650,7 +754,12 @@ def operating_point(run: Any, dev: Any) -> dict[str, Any]:
         row[f"{metric_column(t)}_exit"] = metric
         row[f"{t.name}_exit_layer"] = layer
         row[f"{t.name}_layers_saved"] = 1.0 - layer / n
-        row[f"{t.name}_threshold"] = float("nan") if param is None else float(param)
+        per_layer = isinstance(param, tuple)
+        shared = param is None or per_layer
+        row[f"{t.name}_threshold"] = float("nan") if shared else float(param)
+        row[f"{t.name}_layer_thresholds"] = (
+            [float("nan") if v is None else float(v) for v in param] if per_layer else None
+        )
     avg = float(np.mean(layers)) if layers else float(n)
     row["dev_score_exit"] = dev_score(metrics, {t.name: t for t in run.tasks})
     row["avg_exit_layer"] = avg
@@ -659,10 +768,34 @@ def operating_point(run: Any, dev: Any) -> dict[str, Any]:
     return row
 
 
-def thresholds_from_metrics(metrics: dict[str, Any], tasks: list[str]) -> dict[str, float | None]:
+def thresholds_from_metrics(metrics: dict[str, Any], tasks: list[str]) -> dict[str, Param]:
     """Recover the per-task operating params from an ``operating_point`` row (NaN -> None)."""
-    out: dict[str, float | None] = {}
+    out: dict[str, Param] = {}
     for name in tasks:
+        layers = metrics.get(f"{name}_layer_thresholds")
+        if layers is not None and len(layers):
+            out[name] = as_param(list(layers))
+            continue
         value = metrics.get(f"{name}_threshold")
         out[name] = None if value is None or math.isnan(float(value)) else float(value)
     return out
+
+
+def as_param(value: Any) -> Param:
+    """A stored operating param (a number, a list with null/NaN for "never", or null)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        out = tuple(None if v is None or math.isnan(float(v)) else float(v) for v in value)
+        return None if never_exits(out) else out
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def describe(param: Param) -> str:
+    """An operating param for people: "0.9", or per layer "0.96/0.94/0.3/-/-" (- never)."""
+    if param is None:
+        return "none (last layer)"
+    if isinstance(param, tuple):
+        return "/".join("-" if v is None else f"{v:g}" for v in param)
+    return f"{param:g}"

@@ -13,7 +13,8 @@ Checkpoint format (a directory), written by ``save_model`` and read by ``load_mo
                      loadable with torch.load(weights_only=True)
     backbone/        the backbone's transformers config (the architecture; weights are in model.pt)
     tokenizer/       the tokenizer, so the directory is self-contained
-    exits.json       {"exit_method", "thresholds": {task: value or null}, "num_layers", "tolerance"}
+    exits.json       {"exit_method", "thresholds": {task: value, [value per exit layer] or null},
+                      "num_layers", "tolerance"}
 A sweep trial's checkpoint (berter.trainable) is the same directory with ``state.pt``, the whole
 ``TrainingRun.state_dict()`` for resuming, in place of ``model.pt``; ``load_model`` reads the
 weights from its "model" entry, so ``berter infer`` takes a trial checkpoint as it is.
@@ -45,7 +46,18 @@ import torch
 from berter.config import Config
 from berter.data import Batch, EncodedSplit, Task, encode, get_task, make_batches, read_task
 from berter.errors import ArgumentParser, BerterError, ConfigError, DataError
-from berter.exits import EXIT_METHODS, ExitContext, ExitMethod, calibrate, select_state
+from berter.exits import (
+    EXIT_METHODS,
+    ExitContext,
+    ExitMethod,
+    Param,
+    as_param,
+    calibrate,
+    describe,
+    layer_param,
+    never_exits,
+    select_state,
+)
 from berter.metrics import metric_column, task_metric
 from berter.model import MultiExitBert
 
@@ -56,7 +68,7 @@ EXITS_FILE = "exits.json"
 BACKBONE_DIR = "backbone"
 TOKENIZER_DIR = "tokenizer"
 
-Thresholds = dict[str, float | None]
+Thresholds = dict[str, Param]
 
 
 # ----------------------------------------------------------------------------- engine
@@ -115,16 +127,17 @@ def exit_batch(
     method: ExitMethod,
     ctx: ExitContext,
     batch: Batch,
-    param: float | None,
+    param: Param,
     full: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One batch through the encoder, dropping rows as they exit.
 
     Returns (rows, predictions, 0-based exit layers, layer rows computed); rows are
-    positions in the batch.
+    positions in the batch. A layer where nothing can exit (a per-layer param of None)
+    skips its exit head, unless the method's signal carries state from layer to layer.
     """
     n = model.num_layers
-    full = full or param is None
+    full = full or never_exits(param)
     state = model.embed(batch)
     alive = torch.arange(len(batch), device=batch.input_ids.device)
     sig_state: dict[str, torch.Tensor] = {}
@@ -133,7 +146,8 @@ def exit_batch(
     for i in range(n):
         state = model.layer(i, state)
         computed += alive.numel()
-        if full and i < n - 1:
+        at = layer_param(param, i)
+        if i < n - 1 and (full or (at is None and not method.stateful)):
             continue
         out = model.exit(i, ctx.task.name, state)
         if i == n - 1:
@@ -142,7 +156,7 @@ def exit_batch(
             layers.append(torch.full_like(alive, i))
             break
         sig, sig_state = method.signal(ctx, i, out, sig_state)
-        fire = method.fires(sig, param)
+        fire = method.fires(sig, at)
         fired = int(fire.sum())
         if fired == 0:
             continue
@@ -167,7 +181,7 @@ def run_exits(
     method: ExitMethod,
     batches: list[Batch],
     task: Task,
-    param: float | None,
+    param: Param,
     full: bool = False,
 ) -> ExitRun:
     """Early-exit (or full) inference over prepared batches, timed with perf_counter."""
@@ -209,7 +223,7 @@ def measure_speedup(
     model: MultiExitBert,
     method: ExitMethod,
     enc: EncodedSplit,
-    thresholds: Thresholds | float | None,
+    thresholds: Thresholds | Param,
     batch_size: int,
     *,
     max_examples: int | None = None,
@@ -306,12 +320,19 @@ def save_model(
         run.tokenizer.save_pretrained(path / TOKENIZER_DIR)
     exits = {
         "exit_method": run.cfg.exit_method,
-        "thresholds": {name: (None if v is None else float(v)) for name, v in thresholds.items()},
+        "thresholds": {name: _stored(v) for name, v in thresholds.items()},
         "num_layers": run.model.num_layers,
         "tolerance": run.cfg.exit_tolerance,
     }
     (path / EXITS_FILE).write_text(json.dumps(exits, indent=2))
     return path
+
+
+def _stored(param: Param) -> float | list[float | None] | None:
+    """An operating param as JSON: a number, a list per exit layer (null: never), or null."""
+    if isinstance(param, tuple):
+        return [None if v is None else float(v) for v in param]
+    return None if param is None else float(param)
 
 
 def _read_json(path: Path) -> Any:
@@ -357,7 +378,10 @@ def load_model(
     except (OSError, RuntimeError, EOFError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{weights}: cannot load the weights: {first}") from None
-    thresholds = {name: exits.get("thresholds", {}).get(name) for name in cfg.tasks}
+    try:
+        thresholds = {name: as_param(exits.get("thresholds", {}).get(name)) for name in cfg.tasks}
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path / EXITS_FILE}: unreadable thresholds: {e}") from None
     return cfg, model.to(device).eval(), thresholds
 
 
@@ -415,7 +439,7 @@ def resolve(
     task: Task,
     method_name: str | None,
     threshold: float | None,
-) -> tuple[ExitMethod, float | None]:
+) -> tuple[ExitMethod, Param]:
     """The exit method and its scalar for a task: --threshold, else calibrated, else default."""
     name = method_name or cfg.exit_method
     method = EXIT_METHODS[name](cfg)
@@ -467,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     n = model.num_layers
     col = metric_column(task)
-    rule = "none (last layer)" if param is None else f"{param:g}"
+    rule = describe(param)
     print(f"{task.name}: {res['examples']} examples, batch size {args.batch_size}, "
           f"exit method {method.name}, threshold {rule}")  # fmt: skip
     print(f"final layer : {col} {res['metric_full']:.4f} ({n} layers, {res['seconds_full']:.3f}s)")

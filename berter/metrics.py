@@ -42,6 +42,18 @@ def task_metric(task: Task, pred: np.ndarray, gold: np.ndarray) -> float:
     return pearson(pred, gold) if task.metric == "pearson" else accuracy(pred, gold)
 
 
+def task_metric_rows(task: Task, pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """The task metric of each row of [R, N] predictions against [R, N] gold, at once
+    (bootstrap resamples); a row with a constant side has Pearson 0, as in ``pearson``."""
+    if task.metric != "pearson":
+        return (pred == gold).mean(axis=1)
+    p = pred - pred.mean(axis=1, keepdims=True)
+    g = gold - gold.mean(axis=1, keepdims=True)
+    den = np.sqrt((p * p).sum(axis=1) * (g * g).sum(axis=1))
+    num = (p * g).sum(axis=1)
+    return np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+
+
 def normalised(task: Task, value: float) -> float:
     """Map a task metric onto [0, 1] for the dev score (Pearson r -> (r + 1) / 2)."""
     return (value + 1.0) / 2.0 if task.metric == "pearson" else value

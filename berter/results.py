@@ -78,6 +78,7 @@ def task_metric_fields(tasks: tuple[str, ...] | list[str]) -> list[tuple[str, pa
             (f"{col}_exit", F64),
             (f"{name}_exit_layer", F64),
             (f"{name}_threshold", F64),
+            (f"{name}_layer_thresholds", FLOATS),
             (f"{col}_layers", FLOATS),
         ]
     return fields
@@ -91,7 +92,8 @@ HYPERPARAMETERS: list[tuple[str, pa.DataType]] = [
     ("lambda_lr", F64), ("patience", I64), ("qexit_beta", F64), ("qexit_prior", F64),
     ("qexit_q", F64), ("regression_delta", F64), ("exit_distill", F64),
     ("distill_temperature", F64), ("exit_threshold", F64),
-    ("exit_tolerance", F64), ("max_len", I64), ("max_train", I64), ("max_dev", I64),
+    ("exit_tolerance", F64), ("exit_per_layer", BOOL), ("exit_confidence", F64),
+    ("max_len", I64), ("max_train", I64), ("max_dev", I64),
     ("drop_top", I64), ("task_order", STR), ("tasks", STR), ("task_weights", STR),
     ("pair_swap", BOOL), ("pooling", STR), ("calib_fraction", F64), ("calib_max", I64),
     ("cos_threshold", F64), ("amp", BOOL), ("compile", BOOL),

@@ -175,6 +175,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda t: demo(t, "--set", "exit_tolerance=-0.01"),
         "exit_tolerance must be in [0, 1)",
     ),
+    "exit confidence 1": (
+        lambda t: demo(t, "--set", "exit_confidence=1"),
+        "exit_confidence must be in [0, 1)",
+    ),
     "lr not a number": (
         lambda t: demo(t, "--set", "lr=fast", search="dropout"),
         "'fast' is not a number",

@@ -12,9 +12,14 @@ from berter.exits import (
     Curve,
     ExitContext,
     QExit,
+    as_param,
     build_exit_method,
     choose,
+    choose_per_layer,
+    describe,
     operating_point,
+    simulate,
+    thresholds_from_metrics,
 )
 from berter.losses import task_loss
 from berter.model import ExitOutput, MultiExitBert
@@ -339,3 +344,99 @@ def test_none_reports_the_last_layer_and_a_fixed_layer_curve():
     assert row["avg_exit_layer"] == 3.0 and row["layers_saved"] == 0.0
     assert math.isnan(row["sst_threshold"])
     assert [r["avg_exit_layer"] for r in row["exit_table"]] == [1.0, 2.0, 3.0]
+
+
+# ----------------------------------------------------------------------------- per-layer settings
+def test_a_per_layer_setting_applies_each_layers_own_threshold():
+    m = method("confidence")
+    ctx = ExitContext(SST, 3)
+    sure, fairly = [0.95, 0.05, 0, 0, 0], [0.7, 0.3, 0, 0, 0]
+    logits = sst_logits([sure, fairly, fairly], [sure, fairly, sure], [sure, sure, sure])
+    assert exit_layers(m, ctx, logits, 0.9) == [0, 2, 1]
+    assert exit_layers(m, ctx, logits, (0.9, 0.6)) == [0, 1, 1]
+    assert exit_layers(m, ctx, logits, (None, 0.6)) == [1, 1, 1]
+    assert exit_layers(m, ctx, logits, (None, None)) == [2, 2, 2]
+
+
+def easy_and_hard(n_easy: int = 20, n_hard: int = 20):
+    """SST exits where layer 1 is sure and right on easy examples and wrongly fairly sure on
+    hard ones, which layer 2 gets right with less confidence: only a per-layer setting can
+    send the easy ones out at layer 1 and the hard ones at layer 2."""
+    easy_1, hard_1 = [0.05, 0.95, 0, 0, 0], [0.9, 0.1, 0, 0, 0]
+    hard_2, last = [0.3, 0.7, 0, 0, 0], [0.05, 0.95, 0, 0, 0]
+    return task_eval(
+        SST,
+        [1] * (n_easy + n_hard),
+        [[easy_1] * n_easy + [hard_1] * n_hard, [easy_1] * n_easy + [hard_2] * n_hard,
+         [last] * (n_easy + n_hard)],
+    )  # fmt: skip
+
+
+def test_per_layer_choice_exits_earlier_than_any_shared_threshold_at_no_loss():
+    m, ctx, te = method("confidence"), ExitContext(SST, 3), easy_and_hard()
+    grid = m.grid(SST, 3)
+    shared = choose(simulate(m, ctx, te, grid), te.final, 0.01)
+    per_layer = choose_per_layer(m, ctx, te, grid, tolerance=0.01, confidence=0.9)
+    shared_at, layered_at = simulate(m, ctx, te, [shared, per_layer]).avg_layers
+    assert shared_at == 2.0  # easy at layer 1, hard at the last: 0.7 at layer 2 is too low
+    assert layered_at == 1.5  # easy at layer 1, hard at layer 2
+    assert per_layer[0] > 0.9 >= per_layer[1]
+    assert simulate(m, ctx, te, [per_layer]).metrics == [1.0]
+
+
+def test_per_layer_choice_keeps_the_tolerance_in_most_resamples_not_just_on_average():
+    # 100 examples, all right at the last layer; layer 1 is equally sure of 50, one of them
+    # wrong: exiting them costs 1%, inside a 1.1% tolerance on the slice, and more than that
+    # in about a quarter of bootstrap resamples (those holding the wrong one twice or more)
+    m, ctx = method("confidence"), ExitContext(SST, 2)
+    sure_right, sure_wrong, unsure = (
+        [0.05, 0.95, 0, 0, 0],
+        [0.95, 0.05, 0, 0, 0],
+        [0.3, 0.7, 0, 0, 0],
+    )
+    first = [sure_right] * 49 + [sure_wrong] + [unsure] * 50
+    te = task_eval(SST, [1] * 100, [first, [sure_right] * 100])
+    grid = m.grid(SST, 2)
+    assert choose_per_layer(m, ctx, te, grid, tolerance=0.011, confidence=0.0) is not None
+    assert choose_per_layer(m, ctx, te, grid, tolerance=0.011, confidence=0.9) is None
+    assert choose_per_layer(m, ctx, te, grid, tolerance=0.03, confidence=0.9) is not None
+
+
+def test_per_layer_choice_works_for_pearson_on_regression():
+    m, ctx = method("lte"), ExitContext(STS, 2)
+    gold = np.linspace(0, 5, 40)
+    near = gold + np.where(np.arange(40) % 2 == 0, 0.01, -0.01)
+    logits = [torch.tensor(near, dtype=torch.float32), torch.tensor(gold, dtype=torch.float32)]
+    preds = [lg.numpy() for lg in logits]
+    te = TaskEval(STS, gold, logits, [torch.zeros(40, 4)] * 2, preds, [
+        float(np.corrcoef(p, gold)[0, 1]) for p in preds
+    ])  # fmt: skip
+    ctx.module = torch.nn.ModuleDict({"sts": torch.nn.Linear(4, 1)})
+    with torch.no_grad():
+        ctx.module["sts"].weight.zero_()
+        ctx.module["sts"].bias.fill_(3.0)  # certainty sigmoid(3) = 0.95 everywhere
+    chosen = choose_per_layer(m, ctx, te, m.grid(STS, 2), tolerance=0.01, confidence=0.9)
+    assert chosen is not None and simulate(m, ctx, te, [chosen]).avg_layers == [1.0]
+
+
+def test_operating_point_reports_per_layer_thresholds_that_round_trip():
+    te = easy_and_hard()
+    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",))
+    run = fake_run(cfg.replace(exit_per_layer=True), lambda split: Evaluation({"sst": te}, 3))
+    row = operating_point(run, Evaluation({"sst": te}, 3))
+    assert math.isnan(row["sst_threshold"])
+    layered = row["sst_layer_thresholds"]
+    assert len(layered) == 2 and layered[0] > 0.9 >= layered[1]
+    assert row["sst_exit_layer"] == 1.5
+    assert thresholds_from_metrics(row, ["sst"]) == {"sst": tuple(layered)}
+    shared = operating_point(fake_run(cfg, lambda split: Evaluation({"sst": te}, 3)),
+                             Evaluation({"sst": te}, 3))  # fmt: skip
+    assert shared["sst_layer_thresholds"] is None and shared["sst_exit_layer"] == 2.0
+
+
+def test_stored_per_layer_settings_read_back_with_never_as_none():
+    assert as_param([0.9, None, float("nan")]) == (0.9, None, None)
+    assert as_param([None, None]) is None
+    assert as_param(float("nan")) is None and as_param(0.5) == 0.5
+    assert describe((0.96, None, 0.3)) == "0.96/-/0.3"
+    assert describe(None) == "none (last layer)" and describe(0.9) == "0.9"

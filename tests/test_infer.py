@@ -86,6 +86,28 @@ def test_engine_exits_where_the_post_hoc_simulation_says(name, overrides):
     assert mixed, "the chosen params should send examples out at different layers"
 
 
+@pytest.mark.parametrize("name", ["confidence", "patience"])
+def test_engine_follows_a_per_layer_setting_like_the_simulation(name):
+    run = make_run(exit_method=name)  # patience's signal carries state across layers
+    task = run.tasks[0]
+    te = run.evaluate("dev").tasks[task.name]
+    ctx = ExitContext.from_model(run.model, task)
+    signals = run.method.layer_signals(ctx, te.logits, te.pooled)
+    param = (None, splitting_param(run.method, signals[1:]))  # nothing exits at layer 1
+    simulated = run.method.exit_layers(signals, param)
+    assert set(simulated.tolist()) == {1, 2}
+    exits = []
+    original = run.model.exit
+    run.model.exit = lambda i, *a: exits.append(i) or original(i, *a)
+    for batch_size in (1, 4):
+        exits.clear()
+        batches = prepare(run.encoded[task.name]["dev"], batch_size, "cpu")
+        got = run_exits(run.model, run.method, batches, task, param)
+        assert got.exit_layers.tolist() == (simulated + 1).tolist(), batch_size
+        # a layer where nothing can exit skips its exit head, unless the signal has state
+        assert (0 in exits) == run.method.stateful
+
+
 def counting_layers(model):
     """Wrap model.layer to record how many rows each encoder-layer call computes."""
     calls = []
@@ -178,6 +200,14 @@ def test_checkpoint_round_trip_gives_the_same_model_and_thresholds(tmp_path):
     assert tokenizer("a cat")["input_ids"] == run.tokenizer("a cat")["input_ids"]
 
 
+def test_per_layer_thresholds_are_saved_as_lists_and_read_back(tmp_path):
+    run = make_run(exit_method="confidence")
+    save_model(run, tmp_path, {"sst": (0.96, None), "para": 0.9, "sts": None})
+    saved = json.loads((tmp_path / "exits.json").read_text())
+    assert saved["thresholds"] == {"sst": [0.96, None], "para": 0.9, "sts": None}
+    assert load_model(tmp_path)[2] == {"sst": (0.96, None), "para": 0.9, "sts": None}
+
+
 def test_save_model_calibrates_thresholds_by_default(tmp_path):
     run = make_run(exit_method="confidence")
     save_model(run, tmp_path)
@@ -210,6 +240,10 @@ def test_cli_prints_metric_exit_layer_and_speedup(tmp_path, capsys):
     assert main([*argv, "--max-examples", "8"]) == 0
     out = capsys.readouterr().out
     assert "8 examples" in out and "avg exit layer 1.00/3" in out and "speedup" in out
+    save_model(run, tmp_path / "ckpt", {"sst": (None, 0.0), "para": None, "sts": None})
+    assert main([*argv, "--max-examples", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold -/0" in out and "avg exit layer 2.00/3" in out
 
 
 @pytest.mark.parametrize(

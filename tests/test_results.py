@@ -1,5 +1,6 @@
 """Parquet results: schema, atomic writes, best-epoch summaries, the Tune callback's merging."""
 
+import math
 import os
 from types import SimpleNamespace
 
@@ -239,3 +240,16 @@ def test_trials_written_before_a_setting_existed_read_back_at_its_default(tmp_pa
     resumed = writer(tmp_path)  # a resumed sweep merges the old rows, then rewrites the file
     resumed.flush()
     assert pq.read_table(path).column("layer_lr_decay").to_pylist() == [1.0]
+
+
+def test_per_layer_thresholds_are_a_list_column_with_nan_for_never(tmp_path):
+    w = writer(tmp_path)
+    t = make_trial("a")
+    w.on_trial_start(0, [], t)
+    w.on_trial_result(0, [], t, result(1, 0.7, sst_layer_thresholds=[0.96, float("nan")]))
+    w.on_trial_complete(0, [], t)
+    tables = read_results(tmp_path)
+    got = list(tables["trials"].iloc[0].sst_layer_thresholds)
+    assert got[0] == 0.96 and math.isnan(got[1])
+    assert tables["trials"].iloc[0].para_layer_thresholds is None  # shared or no early exit
+    assert list(tables["epochs"].iloc[0].sst_layer_thresholds)[0] == 0.96
