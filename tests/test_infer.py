@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from tiny import tiny_config
 from transformers import BertConfig, BertModel
 
 from berter.errors import DataError
-from berter.exits import ExitContext
+from berter.exits import ExitContext, thresholds_from_metrics
 from berter.infer import (
     load_model,
     load_tokenizer,
@@ -300,3 +301,15 @@ def test_cli_method_override_needs_its_module_and_a_threshold(tmp_path, capsys):
     assert "threshold 0.5" in capsys.readouterr().out
     assert main([*argv, "--method", "patience"]) == 0  # cfg.patience is its default
     assert "exit method patience, threshold 2" in capsys.readouterr().out
+
+
+def test_a_per_layer_run_reports_times_and_saves_its_layer_thresholds(tmp_path):
+    run = make_run(exit_method="confidence", exit_per_layer=True, exit_tolerance=0.5)
+    row = run.exit_metrics(run.evaluate("dev"), speed_examples=4)
+    layered = row["para_layer_thresholds"]
+    assert len(layered) == run.model.num_layers - 1 and not all(map(math.isnan, layered))
+    assert math.isnan(row["para_threshold"]) and row["sts_layer_thresholds"] is None
+    assert row["speedup_wall"] > 0 and row["para_exit_layer"] < run.model.num_layers
+    thresholds = thresholds_from_metrics(row, list(run.cfg.tasks))
+    save_model(run, tmp_path, thresholds)
+    assert load_model(tmp_path)[2] == thresholds
