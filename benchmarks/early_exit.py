@@ -66,7 +66,7 @@ CALIBRATIONS = ("shared", "per-layer")
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(max_train=150, max_dev=80, epochs=1, calib_max=30, speed_examples=32, repeats=1)
+        return dict(max_train=150, max_dev=80, epochs=1, calib_max=30, speed_examples=16, repeats=1)
     return dict(max_train=2500, max_dev=400, epochs=1, calib_max=250, speed_examples=150, repeats=2)
 
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "--speed-examples",
         type=int,
         help="dev examples per task timed at each batch size, a seeded random sample "
-        "(default 150; --quick 32)",
+        "(default 150; --quick 16)",
     )
     p.add_argument(
         "--calibration",
