@@ -630,7 +630,7 @@ def choose_per_layer(
     """
     n, task = ctx.num_layers, ctx.task
     final = te.final
-    if n < 2 or math.isnan(final) or not grid:
+    if n < 2 or len(te.labels) == 0 or math.isnan(final) or not grid:
         return None
     signals = method.layer_signals(ctx, te.logits, te.pooled)
     preds = np.stack(te.preds)  # [n, N]

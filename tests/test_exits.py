@@ -440,3 +440,13 @@ def test_stored_per_layer_settings_read_back_with_never_as_none():
     assert as_param(float("nan")) is None and as_param(0.5) == 0.5
     assert describe((0.96, None, 0.3)) == "0.96/-/0.3"
     assert describe(None) == "none (last layer)" and describe(0.9) == "0.9"
+
+
+def test_per_layer_choice_without_calibration_data_is_no_early_exit():
+    nan = float("nan")
+    empty = TaskEval(
+        SST, np.zeros(0), [torch.zeros(0, 5)] * 3, [torch.zeros(0, 4)] * 3, [np.zeros(0)] * 3,
+        [nan] * 3,
+    )  # fmt: skip
+    m = method("confidence")
+    assert choose_per_layer(m, ExitContext(SST, 3), empty, m.grid(SST, 3), 0.01, 0.9) is None
