@@ -9,8 +9,9 @@ layer at the operating point chosen on the calibration slice (fastest setting wi
 engine over the same model run to the last layer, at batch 1 and batch 32, on this CPU with
 one thread, timed on a seeded random sample of each task's dev examples (``--speed-examples``;
 "timed exit layer" is that sample's own average exit layer at batch 1). The "dev-oracle"
-columns give the fastest grid setting that keeps 99% of the final dev metric, read off the
-dev trade-off curve (optimistic: chosen on the data it is scored on).
+columns give the fastest shared grid setting that keeps 99% of the final dev metric, read off
+the dev trade-off curve (optimistic: chosen on the data it is scored on; the same in both
+calibrations' rows, since the curve is that of one threshold for all layers).
 
     python benchmarks/early_exit.py --quick     # small slices, a few minutes
     python benchmarks/early_exit.py             # larger slices (2500 per task), one epoch
