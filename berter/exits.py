@@ -755,11 +755,8 @@ def operating_point(run: Any, dev: Any) -> dict[str, Any]:
         row[f"{t.name}_exit_layer"] = layer
         row[f"{t.name}_layers_saved"] = 1.0 - layer / n
         per_layer = isinstance(param, tuple)
-        shared = param is None or per_layer
-        row[f"{t.name}_threshold"] = float("nan") if shared else float(param)
-        row[f"{t.name}_layer_thresholds"] = (
-            [float("nan") if v is None else float(v) for v in param] if per_layer else None
-        )
+        row[f"{t.name}_threshold"] = float("nan") if param is None or per_layer else float(param)
+        row[f"{t.name}_layer_thresholds"] = layer_values(param, float("nan")) if per_layer else None
     avg = float(np.mean(layers)) if layers else float(n)
     row["dev_score_exit"] = dev_score(metrics, {t.name: t for t in run.tasks})
     row["avg_exit_layer"] = avg
@@ -773,11 +770,8 @@ def thresholds_from_metrics(metrics: dict[str, Any], tasks: list[str]) -> dict[s
     out: dict[str, Param] = {}
     for name in tasks:
         layers = metrics.get(f"{name}_layer_thresholds")
-        if layers is not None and len(layers):
-            out[name] = as_param(list(layers))
-            continue
-        value = metrics.get(f"{name}_threshold")
-        out[name] = None if value is None or math.isnan(float(value)) else float(value)
+        has_layers = layers is not None and len(layers) > 0
+        out[name] = as_param(list(layers) if has_layers else metrics.get(f"{name}_threshold"))
     return out
 
 
@@ -790,6 +784,12 @@ def as_param(value: Any) -> Param:
         return None if never_exits(out) else out
     value = float(value)
     return None if math.isnan(value) else value
+
+
+def layer_values(param: tuple[float | None, ...], never: float | None) -> list[float | None]:
+    """A per-layer param as a plain list for storage, ``never`` where nothing exits (NaN in
+    Parquet, null in JSON); ``as_param`` reads either back."""
+    return [never if v is None else float(v) for v in param]
 
 
 def describe(param: Param) -> str:

@@ -55,6 +55,7 @@ from berter.exits import (
     calibrate,
     describe,
     layer_param,
+    layer_values,
     never_exits,
     select_state,
 )
@@ -331,7 +332,7 @@ def save_model(
 def _stored(param: Param) -> float | list[float | None] | None:
     """An operating param as JSON: a number, a list per exit layer (null: never), or null."""
     if isinstance(param, tuple):
-        return [None if v is None else float(v) for v in param]
+        return layer_values(param, None)
     return None if param is None else float(param)
 
 

@@ -68,7 +68,8 @@ METRICS: list[tuple[str, pa.DataType]] = [
 
 def task_metric_fields(tasks: tuple[str, ...] | list[str]) -> list[tuple[str, pa.DataType]]:
     """Per-task columns: the metric (tasks other than sst/para/sts); at the early-exit operating
-    point the metric, the average exit layer and the chosen threshold; the metric per exit."""
+    point the metric, the average exit layer and the chosen threshold (one for all layers, or
+    with exit_per_layer a list per exit layer, NaN where nothing exits); the metric per exit."""
     fields = []
     for name in tasks:
         col = metric_column(TASKS[name]) if name in TASKS else f"{name}_metric"

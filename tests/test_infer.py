@@ -313,3 +313,13 @@ def test_a_per_layer_run_reports_times_and_saves_its_layer_thresholds(tmp_path):
     thresholds = thresholds_from_metrics(row, list(run.cfg.tasks))
     save_model(run, tmp_path, thresholds)
     assert load_model(tmp_path)[2] == thresholds
+
+
+def test_unreadable_thresholds_in_exits_json_are_a_data_error(tmp_path):
+    run = make_run(exit_method="confidence")
+    save_model(run, tmp_path, {"sst": 0.9, "para": None, "sts": None})
+    exits = json.loads((tmp_path / "exits.json").read_text())
+    exits["thresholds"]["sst"] = ["high", None]
+    (tmp_path / "exits.json").write_text(json.dumps(exits))
+    with pytest.raises(DataError, match="exits.json: unreadable thresholds"):
+        load_model(tmp_path)
