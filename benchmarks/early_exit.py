@@ -56,7 +56,7 @@ from berter.exits import (  # noqa: E402
 from berter.infer import load_model, measure_speedup, save_model  # noqa: E402
 from berter.metrics import metric_column  # noqa: E402
 from berter.search import parse_settings  # noqa: E402
-from berter.train import TrainingRun  # noqa: E402
+from berter.train import Evaluation, TrainingRun  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 METHODS = ("confidence", "entropy", "lte", "patience", "qexit")
@@ -140,22 +140,24 @@ def dev_oracle(table: list[dict], task: str, final: float, n: int) -> tuple[floa
 
 
 def evaluate_method(run: TrainingRun, method: str, s: dict, args: argparse.Namespace) -> list[dict]:
-    """Rows of one exit method, one per task per calibration (same model, same dev pass)."""
+    """Rows of one exit method, one per task per calibration (same model, same dev and
+    calibration passes)."""
     run.cfg = run.cfg.replace(exit_method=method)
     run.method = build_exit_method(run.cfg)
-    dev = run.evaluate("dev")
+    dev, calib = run.evaluate("dev"), run.evaluate("calib")
     rows = []
     for calibration in s["calibrations"]:
         run.cfg = run.cfg.replace(exit_per_layer=calibration == "per-layer")
-        rows += evaluate_calibration(run, dev, calibration, s, args)
+        rows += evaluate_calibration(run, dev, calib, calibration, s, args)
     return rows
 
 
 def evaluate_calibration(
-    run: TrainingRun, dev, calibration: str, s: dict, args: argparse.Namespace
-) -> list[dict]:
+    run: TrainingRun, dev: Evaluation, calib: Evaluation, calibration: str, s: dict,
+    args: argparse.Namespace,
+) -> list[dict]:  # fmt: skip
     method = run.method.name
-    op = operating_point(run, dev)
+    op = operating_point(run, dev, calib)
     thresholds = thresholds_from_metrics(op, list(run.cfg.tasks))
     n = run.model.num_layers
     rows = []

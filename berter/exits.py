@@ -704,9 +704,10 @@ def calibrate(run: Any, calib: Any = None) -> dict[str, Param]:
     return chosen
 
 
-def operating_point(run: Any, dev: Any) -> dict[str, Any]:
+def operating_point(run: Any, dev: Any, calib: Any = None) -> dict[str, Any]:
     """Early-exit metrics of one evaluation: dev metrics at the calibrated operating point,
-    the average exit layer, and the full trade-off table (``exit_table``).
+    the average exit layer, and the full trade-off table (``exit_table``). ``calib``: the
+    calibration slice's evaluation, when the caller already has it.
 
     ``exit_table`` rows: {task, exit_method, threshold, metric, avg_exit_layer, layers_saved,
     calib_metric, calib_avg_exit_layer}, dev metrics per grid value. For ``none`` the rows are
@@ -716,7 +717,10 @@ def operating_point(run: Any, dev: Any) -> dict[str, Any]:
     n = dev.num_layers
     ctxs = _contexts(run)
     has_grid = any(method.grid(t, n) for t in run.tasks)
-    calib = run.evaluate("calib") if has_grid and cfg.exit_threshold is None else None
+    if not has_grid or cfg.exit_threshold is not None:
+        calib = None
+    elif calib is None:
+        calib = run.evaluate("calib")
     chosen = calibrate(run, calib)
     row: dict[str, Any] = {}
     table: list[dict[str, Any]] = []

@@ -450,3 +450,12 @@ def test_per_layer_choice_without_calibration_data_is_no_early_exit():
     )  # fmt: skip
     m = method("confidence")
     assert choose_per_layer(m, ExitContext(SST, 3), empty, m.grid(SST, 3), 0.01, 0.9) is None
+
+
+def test_operating_point_uses_a_calibration_evaluation_it_is_given():
+    te = easy_and_hard()
+    splits = []
+    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",))
+    run = fake_run(cfg, lambda split: splits.append(split))
+    row = operating_point(run, Evaluation({"sst": te}, 3), Evaluation({"sst": te}, 3))
+    assert splits == [] and row["sst_exit_layer"] == 2.0
