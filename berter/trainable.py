@@ -24,6 +24,7 @@ so the results directory must be local (or shared) to the trials.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -244,8 +245,18 @@ class Trial(tune.Trainable):
         self.start(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self.release()
         self.start(new_config)
         return True
+
+    def release(self) -> None:
+        """Free the finished trial's run (model, optimiser, encoded data) before the next one
+        is built, so that a reused worker never holds two runs at once."""
+        self.run = self.report = None
+        gc.collect()
+
+    def cleanup(self) -> None:
+        self.release()
 
     def start(self, config: dict[str, Any]) -> None:
         """Build this trial's TrainingRun (model, encoded data, optimiser to come)."""

@@ -219,3 +219,25 @@ def test_reset_config_builds_the_next_trial_in_the_same_worker(tiny_model):
     assert trial.reset_config({"lr": 5e-4}) is True  # so Tune reuses the actor
     assert trial.run.cfg.lr == 5e-4 and trial.run.epoch == 0 and trial.report is None
     assert trial.step()["epoch"] == 1
+
+
+def test_reset_config_frees_the_finished_run_before_building_the_next(tiny_model, monkeypatch):
+    import weakref
+
+    from berter import train
+
+    trial = make_trial(tiny_model)({"lr": 2e-3})
+    trial.step()
+    old_model = weakref.ref(trial.run.model)
+    alive_at_build = []
+
+    class Watched(train.TrainingRun):
+        def __init__(self, *args, **kwargs):
+            alive_at_build.append(old_model() is not None)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train, "TrainingRun", Watched)
+    trial.reset_config({"lr": 5e-4})
+    assert alive_at_build == [False]  # a reused worker never holds two trials' weights
+    trial.cleanup()
+    assert trial.run is None
