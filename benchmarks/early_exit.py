@@ -34,7 +34,6 @@ and the share of the final layer's score it keeps there (target: >= 2x at >= 99%
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -53,7 +52,7 @@ from berter.exits import (  # noqa: E402
     operating_point,
     thresholds_from_metrics,
 )
-from berter.infer import load_model, measure_speedup, save_model  # noqa: E402
+from berter.infer import measure_speedup, run_from_checkpoint, save_model  # noqa: E402
 from berter.metrics import metric_column  # noqa: E402
 from berter.search import parse_settings  # noqa: E402
 from berter.train import Evaluation, TrainingRun  # noqa: E402
@@ -104,16 +103,10 @@ def tolerance(args: argparse.Namespace) -> dict:
 
 def from_checkpoint(directory: str, args: argparse.Namespace) -> TrainingRun:
     """A TrainingRun around a trained model: its config, its data slices, its weights."""
-    cfg, model, _ = load_model(directory)
-    cfg = dataclasses.replace(
-        cfg, data_dir=str(args.data_dir), drop_top=0, num_threads=None, **tolerance(args)
-    )
+    changes = dict(data_dir=str(args.data_dir), **tolerance(args))
     if args.max_dev is not None:
-        cfg = dataclasses.replace(cfg, max_dev=args.max_dev)
-    run = TrainingRun(cfg, backbone=model.bert)
-    run.model.load_state_dict(model.state_dict())
-    run.model.eval()
-    return run
+        changes["max_dev"] = args.max_dev
+    return run_from_checkpoint(directory, **changes)
 
 
 def checkpoint_methods(trained: str, asked: str | None) -> list[str]:

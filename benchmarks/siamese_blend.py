@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from berter.data import Task  # noqa: E402
 from berter.errors import BerterError, ConfigError  # noqa: E402
-from berter.infer import load_model  # noqa: E402
+from berter.infer import run_from_checkpoint  # noqa: E402
 from berter.metrics import dev_score, task_metric  # noqa: E402
 from berter.train import Evaluation, TrainingRun  # noqa: E402
 
@@ -109,15 +109,13 @@ def final_scores(ev: Evaluation, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_runs(args: argparse.Namespace) -> tuple[TrainingRun, TrainingRun]:
     """The trained model, and the untouched backbone as a siamese encoder on the same data."""
-    cfg, model, _ = load_model(args.checkpoint)
-    changes: dict = dict(drop_top=0, num_threads=None)
+    changes: dict = {}
     if args.data_dir is not None:
         changes["data_dir"] = str(args.data_dir)
     if args.max_dev is not None:
         changes["max_dev"] = args.max_dev
-    cfg = dataclasses.replace(cfg, **changes)
-    trained = TrainingRun(cfg, backbone=model.bert)
-    trained.model.load_state_dict(model.state_dict())
+    trained = run_from_checkpoint(args.checkpoint, **changes)
+    cfg = trained.cfg
     pairs = [t.name for t in trained.tasks if t.is_pair]
     if not pairs:
         raise ConfigError(f"{args.checkpoint}: the model has no pair task to blend")
@@ -125,7 +123,9 @@ def load_runs(args: argparse.Namespace) -> tuple[TrainingRun, TrainingRun]:
         raise ConfigError(
             f"{args.checkpoint}: its run held out no calibration slice to choose the blend on"
         )
-    plain = dict(smart="off", slf="off", strategy="final", exit_method="none", ema_decay=0.0)
+    plain = dict(
+        smart="off", slf="off", strategy="final", exit_method="none", ema_decay=0.0, pair_swap=False
+    )
     siamese_cfg = dataclasses.replace(
         cfg, cos_loss="on", concat="after_embed", tasks=type(cfg.tasks)(pairs), **plain
     )

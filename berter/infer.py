@@ -386,6 +386,20 @@ def load_model(
     return cfg, model.to(device).eval(), thresholds
 
 
+def run_from_checkpoint(directory: str | Path, **changes: Any) -> Any:
+    """A TrainingRun around a trained checkpoint: its config (with ``changes``), its data
+    slices (the same seed holds out the same calibration slice) and its weights, in eval mode.
+    For measuring a trained model with the training code's evaluation."""
+    from berter.train import TrainingRun
+
+    cfg, model, _ = load_model(directory)
+    cfg = dataclasses.replace(cfg, drop_top=0, num_threads=None, **changes)
+    run = TrainingRun(cfg, backbone=model.bert)
+    run.model.load_state_dict(model.state_dict())
+    run.model.eval()
+    return run
+
+
 def load_tokenizer(directory: str | Path, cfg: Config):
     """The checkpoint's own tokenizer, or the model's when the checkpoint has none."""
     from transformers import AutoTokenizer

@@ -16,6 +16,7 @@ from berter.infer import (
     measure_speedup,
     prepare,
     run_exits,
+    run_from_checkpoint,
     sample,
     save_model,
     speed_metrics,
@@ -216,6 +217,16 @@ def test_save_model_calibrates_thresholds_by_default(tmp_path):
     assert saved["exit_method"] == "confidence"
     assert set(saved["thresholds"]) == {"sst", "para", "sts"}
     assert saved["thresholds"]["sts"] is None  # confidence has no signal for regression
+
+
+def test_run_from_checkpoint_scores_the_saved_model_on_its_own_slices(tmp_path):
+    run = make_run()
+    save_model(run, tmp_path, {"sst": None, "para": None, "sts": None})
+    again = run_from_checkpoint(tmp_path, max_dev=8)
+    assert again.cfg.max_dev == 8 and not again.model.training
+    assert again.encoded["sst"]["calib"].labels == run.encoded["sst"]["calib"].labels
+    full = run_from_checkpoint(tmp_path)
+    assert full.evaluate("dev").dev_score == pytest.approx(run.evaluate("dev").dev_score, abs=1e-6)
 
 
 def test_load_model_of_a_missing_checkpoint_is_a_data_error(tmp_path):

@@ -105,6 +105,18 @@ def test_checkpoint_without_a_calibration_slice_is_a_one_line_error(tmp_path, ti
     )
 
 
+def test_quick_measures_200_dev_examples_per_task_unless_told(monkeypatch, capsys):
+    seen = []
+    scores = {"cross": 0.7, "blend": 0.71, "oracle": 0.72}
+    monkeypatch.setattr(
+        siamese_blend, "measure", lambda args: seen.append(args.max_dev) or ([], scores)
+    )
+    assert siamese_blend.main(["--checkpoint", "x", "--quick"]) == 0
+    assert siamese_blend.main(["--checkpoint", "x", "--quick", "--max-dev", "50"]) == 0
+    assert siamese_blend.main(["--checkpoint", "x"]) == 0
+    assert seen == [200, 50, None]
+
+
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert siamese_blend.main(["--checkpoint", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip() == (
