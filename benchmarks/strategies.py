@@ -6,10 +6,13 @@ is scored on dev at every exit. ``cfg.epochs`` counts epochs per stage, so two_s
 twice as many epochs and SLF adds a fraction of one (the "epochs run" column).
 
     python benchmarks/strategies.py                         # 2000 train / 1000 dev per task
-    python benchmarks/strategies.py --max-train 300 --strategies final,joint   # a quick look
+    python benchmarks/strategies.py --quick                 # every row, 150 train / 150 dev per task
+    python benchmarks/strategies.py --max-train 300 --strategies final,joint   # two rows
 
 Results are appended to ``--out`` (JSON lines) as each run finishes, so an interrupted
-benchmark keeps what it has; the Markdown table is printed at the end.
+benchmark keeps what it has. The Markdown table is printed at the end, then the headline:
+the strategy with the best mean over exits (what an early-exit model is trained for) and
+its final-layer score against ``final``'s, when both rows ran.
 """
 
 from __future__ import annotations
@@ -53,11 +56,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def headline(rows: list[dict]) -> str:
+    """The best strategy for early exit, and what it costs the final layer against ``final``."""
+    best = max(rows, key=lambda r: r["dev_score_mean_exits"])
+    line = (
+        f"best mean over exits: {best['label']} {best['dev_score_mean_exits']:.4f}"
+        f" (final layer {best['dev_score']:.4f})"
+    )
+    final = next((r for r in rows if r["label"] == "final"), None)
+    if final is not None and final["dev_score"] > 0:
+        line += f"; final-layer score {best['label']}/final: {best['dev_score'] / final['dev_score']:.3f}"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))
-    p.add_argument("--max-train", type=int, default=2000, help="training examples per task")
-    p.add_argument("--max-dev", type=int, default=1000, help="dev examples per task")
+    p.add_argument("--quick", action="store_true", help="150 train / 150 dev per task, every row")
+    p.add_argument("--max-train", type=int, default=None, help="training examples per task (2000)")
+    p.add_argument("--max-dev", type=int, default=None, help="dev examples per task (1000)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=Config().lr)
     p.add_argument("--threads", type=int, default=2)
@@ -65,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", default=",".join(RUNS), help="comma-separated row labels")
     p.add_argument("--out", default=str(ROOT / "results" / "strategies.jsonl"))
     args = p.parse_args(argv)
+    max_train = args.max_train or (150 if args.quick else 2000)
+    max_dev = args.max_dev or (150 if args.quick else 1000)
 
     labels = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [s for s in labels if s not in RUNS]
@@ -80,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     for label in labels:
         cfg = Config(
             data_dir=args.data_dir,
-            max_train=args.max_train,
-            max_dev=args.max_dev,
+            max_train=max_train,
+            max_dev=max_dev,
             epochs=args.epochs,
             lr=args.lr,
             seed=args.seed,
@@ -100,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     print(table(rows))
+    print(headline(rows))
     return 0
 
 

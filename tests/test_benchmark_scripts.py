@@ -1,0 +1,49 @@
+"""The benchmark scripts' shared contract: every one takes ``--quick``; and the strategies
+benchmark's headline picks the best early-exit strategy and compares it with ``final``."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import strategies  # noqa: E402
+
+
+def test_there_are_benchmark_scripts_to_check():
+    assert len(SCRIPTS) >= 8
+
+
+def options(script: Path) -> set[str]:
+    """The option strings a script's argparse parser is given (read from its source: running
+    ``--help`` would import torch once per script)."""
+    found = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            found |= {a.value for a in node.args if isinstance(a, ast.Constant)}
+    return found
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_benchmark_script_takes_quick(script):
+    assert "--quick" in options(script)
+
+
+def row(label: str, final_layer: float, mean_exits: float) -> dict:
+    return {"label": label, "dev_score": final_layer, "dev_score_mean_exits": mean_exits}
+
+
+def test_strategies_headline_names_the_best_mean_over_exits_and_its_cost_against_final():
+    rows = [row("final", 0.57, 0.40), row("joint", 0.54, 0.53), row("slf+joint", 0.557, 0.545)]
+    line = strategies.headline(rows)
+    assert line.startswith("best mean over exits: slf+joint 0.5450 (final layer 0.5570)")
+    assert line.endswith("final-layer score slf+joint/final: 0.977")
+
+
+def test_strategies_headline_without_a_final_row_gives_no_ratio():
+    line = strategies.headline([row("joint", 0.54, 0.53), row("alternating", 0.55, 0.51)])
+    assert line == "best mean over exits: joint 0.5300 (final layer 0.5400)"
+
