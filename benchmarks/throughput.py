@@ -26,7 +26,7 @@ Both sides use one torch thread by default: on a loaded two-core machine two Ope
 wait on each other at every parallel region and a step can take 5-10 times longer, with a
 spread that swamps the comparison.
 
-    python benchmarks/throughput.py --quick        # 400 SST examples, 150 per task for part 2
+    python benchmarks/throughput.py --quick        # 300 SST examples, 70 per task, 2 rounds
     python benchmarks/throughput.py                # 2,000 SST examples, 600 per task
     python benchmarks/throughput.py --only ema     # part 3 alone
 """
@@ -115,6 +115,20 @@ class Ours:
 
 
 # ----------------------------------------------------------------------------- Trainer
+def trainer_missing() -> str | None:
+    """Why the ``Trainer`` cannot run here (None if it can), asked before any timing so that a
+    missing ``accelerate`` costs a one-line error, not minutes of the other comparisons."""
+    from transformers.utils import import_utils
+
+    need = getattr(import_utils, "ACCELERATE_MIN_VERSION", "0.26.0")
+    if import_utils.is_accelerate_available(need):
+        return None
+    return (
+        f"the Trainer comparison needs accelerate>={need} (pip install -e '.[bench]'); "
+        "--only exits and --only ema run without it"
+    )
+
+
 class HFTrainer:
     """One fresh ``Trainer`` per call on the same encoded examples."""
 
@@ -247,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=("trainer", "exits", "ema"), help="run one comparison")
     args = p.parse_args(argv)
-    args.sst_examples = args.sst_examples or (400 if args.quick else 2000)
-    args.task_examples = args.task_examples or (150 if args.quick else 600)
-    args.rounds = args.rounds or 3
+    args.sst_examples = args.sst_examples or (300 if args.quick else 2000)
+    args.task_examples = args.task_examples or (70 if args.quick else 600)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    if args.only in (None, "trainer") and (why := trainer_missing()):
+        print(f"error: {why}", file=sys.stderr)
+        return 2
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -47,3 +47,14 @@ def test_strategies_headline_without_a_final_row_gives_no_ratio():
     line = strategies.headline([row("joint", 0.54, 0.53), row("alternating", 0.55, 0.51)])
     assert line == "best mean over exits: joint 0.5300 (final layer 0.5400)"
 
+
+def test_throughput_without_accelerate_stops_before_timing_with_one_line(monkeypatch, capsys):
+    import throughput
+    from transformers.utils import import_utils
+
+    monkeypatch.setattr(import_utils, "is_accelerate_available", lambda *a, **k: False)
+    monkeypatch.setattr(throughput, "overhead", lambda *a: pytest.fail("timed before the check"))
+    assert throughput.main(["--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the Trainer comparison needs accelerate>=") and "\n" not in err
+
