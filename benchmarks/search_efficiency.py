@@ -31,7 +31,7 @@ Method (a replay, so that every searcher sees exactly the same training noise):
 The headline (the last line) is the mean trial-epochs of TPE + ASHA divided by the grid's.
 The table is cached in ``--table`` (JSON) so the replay can be rerun without training.
 
-    python benchmarks/search_efficiency.py --quick   # 100 train / 200 dev per task, 2 epochs
+    python benchmarks/search_efficiency.py --quick   # 50 train / 80 dev per task, 2 epochs
     python benchmarks/search_efficiency.py           # 400 train / 400 dev per task, 3 epochs
 """
 
@@ -227,20 +227,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-train", type=int, help="training examples per task")
     p.add_argument("--max-dev", type=int, help="dev examples per task")
     p.add_argument("--epochs", type=int, help="epochs per grid point (ASHA's max_t)")
-    p.add_argument("--seeds", type=int, default=300, help="replays per searcher (seeds 0..N-1)")
+    p.add_argument("--seeds", type=int, help="replays per searcher, seeds 0..N-1 (300; 100 quick)")
     p.add_argument("--tolerance", type=float, default=0.005, help="dev score below the best")
     p.add_argument("--cap", type=float, default=3.0, help="stop a replay at this x grid cost")
     p.add_argument(
         "--reduction-factor", type=float, help="ASHA's (default: the sweep's, berter.searcher)"
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads for the grid")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="torch threads for the grid (untimed: only its scores are used)",
+    )
     p.add_argument("--seed", type=int, default=0, help="training seed of the grid")
     p.add_argument("--table", help="grid table cache (JSON)")
     p.add_argument("--retrain", action="store_true", help="train the grid even if cached")
     args = p.parse_args(argv)
-    args.max_train = args.max_train or (100 if args.quick else 400)
-    args.max_dev = args.max_dev or (200 if args.quick else 400)
+    args.max_train = args.max_train or (50 if args.quick else 400)
+    args.max_dev = args.max_dev or (80 if args.quick else 400)
     args.epochs = args.epochs or (2 if args.quick else 3)
+    args.seeds = args.seeds or (100 if args.quick else 300)
     name = "search_grid_quick.json" if args.quick else "search_grid.json"
     args.table = args.table or str(ROOT / "results" / name)
 
