@@ -58,3 +58,39 @@ def test_throughput_without_accelerate_stops_before_timing_with_one_line(monkeyp
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the Trainer comparison needs accelerate>=") and "\n" not in err
 
+
+SHARED_DATA = ROOT.parent / "shared" / "data" / "cs224n"
+
+
+def test_gpu_benchmark_without_cuda_says_so_in_one_line(capsys):
+    import gpu
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert gpu.main(["--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no CUDA device here") and "\n" not in err
+
+
+def test_gpu_benchmark_rejects_an_unknown_mode_in_one_line(capsys):
+    import gpu
+
+    assert gpu.main(["--device", "cpu", "--modes", "fp32,fp8"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown model or mode fp8"
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="shared CS224N data not present")
+def test_gpu_benchmark_runs_end_to_end_on_cpu_and_ends_with_its_headline(capsys):
+    """The script a lent GPU would run first: its table and last line, as a CPU smoke run."""
+    import gpu
+
+    argv = ["--device", "cpu", "--data-dir", str(SHARED_DATA), "--examples", "48"]
+    assert (
+        gpu.main([*argv, "--batch-size", "16", "--models", "packaged", "--modes", "fp32,amp"]) == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line for line in lines if line.startswith("| packaged |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["fp32", "amp"]
+    assert lines[-1].startswith("examples/s ratio amp/fp32 (packaged backbone): ")
+    assert float(lines[-1].rsplit(" ", 1)[1]) > 0
