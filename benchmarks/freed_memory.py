@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from berter.errors import one_line_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 CONFIGS = [{"lr": 4.7e-5, "dropout": 0.36}, {"lr": 5.9e-5, "dropout": 0.27}, {"lr": 2.7e-4, "dropout": 0.12}]  # fmt: skip
@@ -53,7 +55,8 @@ def child(mode: str, data_dir: str | None, max_train: int, max_dev: int, configs
     }))  # fmt: skip
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 train per task, 2 configs")
     parser.add_argument("--data-dir", default=str(DATA) if DATA.is_dir() else None)
@@ -67,7 +70,7 @@ def main() -> None:
     configs = args.configs or (2 if args.quick else 3)
     if args.child:
         child(args.child, args.data_dir, max_train, args.max_dev, configs)
-        return
+        return 0
 
     runs: dict[str, list[dict]] = {"default": [], "kept": []}
     for r in range(args.repeats):
@@ -76,7 +79,10 @@ def main() -> None:
                    "--max-dev", str(args.max_dev), "--configs", str(configs)]  # fmt: skip
             if args.data_dir:
                 cmd += ["--data-dir", args.data_dir]
-            out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if out.returncode:  # the child's one-line error (exit 2), or all it said
+                print(out.stderr.strip() if out.returncode == 2 else out.stderr, file=sys.stderr)
+                return out.returncode
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
             m = runs[mode][-1]
             print(f"{mode:8s} training {m['train']:.1f} s, {m['faults']:,} minor page faults, "
@@ -88,7 +94,8 @@ def main() -> None:
     )
     med = {mode: statistics.median(m["train"] for m in ms) for mode, ms in runs.items()}
     print(f"training time, glibc default / freed memory kept: {med['default'] / med['kept']:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

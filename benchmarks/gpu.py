@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from berter.config import Config  # noqa: E402
 from berter.data import get_tokenizer, load_data  # noqa: E402
+from berter.errors import one_line_errors  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 MODES = {
@@ -121,6 +122,7 @@ def measure(cfg: Config, data, tokenizer, device: torch.device, backbone) -> dic
     }
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))

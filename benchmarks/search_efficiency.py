@@ -53,6 +53,8 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from berter.errors import one_line_errors  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 SPACE = {"lr": (5e-5, 1e-4, 2e-4), "batch_size": (16, 32), "dropout": (0.1, 0.3)}
 
@@ -220,6 +222,7 @@ def summarise(costs: list[tuple[int, bool]]) -> dict:
     }
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))

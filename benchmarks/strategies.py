@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from berter.config import Config  # noqa: E402
+from berter.errors import one_line_errors  # noqa: E402
 from berter.train import train_and_evaluate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
@@ -69,6 +70,7 @@ def headline(rows: list[dict]) -> str:
     return line
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))

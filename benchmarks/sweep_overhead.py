@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from berter.errors import one_line_errors
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,7 +69,7 @@ def run_sweep(args: argparse.Namespace, results: Path) -> tuple[float, float, pd
     ]
     launched = datetime.now(timezone.utc)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)  # its errors: stderr
     total = time.perf_counter() - start
     trials = pd.read_parquet(results / "overhead" / "trials.parquet").sort_values("started_at")
     first = trials.started_at.iloc[0].to_pydatetime()
@@ -116,7 +118,8 @@ def direct(configs_file: str, data_dir: str | None, threads: int) -> None:
     Path(configs_file).with_suffix(".times.json").write_text(json.dumps(times))
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 trials on 100 examples per task")
     parser.add_argument("--trials", type=int, default=None)
@@ -130,11 +133,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.direct:
         direct(args.direct, args.data_dir, args.cpus)
-        return
+        return 0
     args.trials = args.trials or (4 if args.quick else 8)
     args.max_train = args.max_train or (100 if args.quick else 300)
     args.max_dev = args.max_dev or (64 if args.quick else 200)
 
+    try:
+        return compare(args)
+    except subprocess.CalledProcessError as exc:  # the sweep or the direct side said why above
+        return exc.returncode
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Run the sweep, then the same configurations directly; print the comparison."""
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp)
         sweep_s, startup_s, trials = run_sweep(args, results)
@@ -174,7 +185,8 @@ def main() -> None:
     )
     print(f"training per trial, sweep/direct: {ratios}")
     print(f"wall-clock ratio sweep/direct: {sweep_s / direct_s:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 from berter.config import Config  # noqa: E402
 from berter.data import get_tokenizer, load_data, packaged_model_path  # noqa: E402
+from berter.errors import one_line_errors  # noqa: E402
 from berter.model import load_backbone  # noqa: E402
 from berter.train import TrainingRun  # noqa: E402
 
@@ -248,6 +249,7 @@ def overhead(args, log, name: str, changes: dict) -> float:
     return median_ratio(times[name], times["final"], "cpu")
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))

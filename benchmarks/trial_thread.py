@@ -14,6 +14,8 @@ import statistics
 import threading
 from typing import Any
 
+from berter.errors import one_line_errors
+
 DEFAULT_DATA = "../shared/data/cs224n"
 
 
@@ -44,7 +46,8 @@ def in_thread(*args: Any) -> float:
     return out[0]
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 examples per task, 1 repeat")
     parser.add_argument("--data-dir", default=DEFAULT_DATA)
@@ -55,6 +58,9 @@ def main() -> None:
     if args.quick:
         args.max_train, args.repeats = 200, 1
 
+    from berter.data import check
+
+    check(args.data_dir)  # a bad data directory fails here, before Ray starts
     import ray
 
     ray.init(
@@ -85,7 +91,8 @@ def main() -> None:
         times["plain process, main thread"]
     )
     print(f"Ray worker second thread / plain main thread: {ratio:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,7 +1,10 @@
 """Errors a user can cause. The command lines print them as one line and exit 2."""
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 class BerterError(Exception):
@@ -31,3 +34,18 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def one_line_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a script's ``main`` so that a BerterError (the user's input: a missing data
+    directory, a bad setting) is one line on stderr and exit status 2, never a traceback."""
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except BerterError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped

@@ -2,6 +2,7 @@
 benchmark's headline picks the best early-exit strategy and compares it with ``final``."""
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,3 +95,57 @@ def test_gpu_benchmark_runs_end_to_end_on_cpu_and_ends_with_its_headline(capsys)
     assert [r.split("|")[2].strip() for r in rows] == ["fp32", "amp"]
     assert lines[-1].startswith("examples/s ratio amp/fp32 (packaged backbone): ")
     assert float(lines[-1].rsplit(" ", 1)[1]) > 0
+
+
+MISSING = "/nonexistent/cs224n"
+MISSING_LINE = f"error: {MISSING}: data directory does not exist"
+
+
+@pytest.mark.parametrize("name", ["strategies", "throughput", "search_efficiency", "gpu"])
+def test_a_missing_data_directory_is_one_line_and_exit_2_in_process(name, capsys, tmp_path):
+    import importlib
+
+    script = importlib.import_module(name)
+    extra = {
+        "search_efficiency": ["--table", str(tmp_path / "grid.json")],
+        "gpu": ["--device", "cpu"],
+    }
+    extra = extra.get(name, [])
+    assert script.main(["--quick", "--data-dir", MISSING, *extra]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith(MISSING_LINE)
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["freed_memory", "sweep_overhead", "trial_thread"])
+def test_a_missing_data_directory_is_one_line_and_exit_2_from_the_command_line(name):
+    """These run their work in child processes (or Ray), so only a real command line shows
+    that the child's error reaches the user as one line."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", "--data-dir", MISSING],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(MISSING_LINE)
+
+
+def test_one_line_errors_turns_a_user_error_into_exit_2_and_lets_a_bug_through(capsys):
+    from berter.errors import DataError, one_line_errors
+
+    @one_line_errors
+    def bad_input() -> int:
+        raise DataError("x.csv: no such file")
+
+    @one_line_errors
+    def bug() -> int:
+        raise ZeroDivisionError
+
+    assert bad_input() == 2
+    assert capsys.readouterr().err == "error: x.csv: no such file\n"
+    with pytest.raises(ZeroDivisionError):
+        bug()
