@@ -45,7 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from berter.config import Config  # noqa: E402
-from berter.errors import BerterError, ConfigError  # noqa: E402
+from berter.errors import (  # noqa: E402
+    ArgumentParser,
+    BerterError,
+    ConfigError,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from berter.exits import (  # noqa: E402
     build_exit_method,
     describe,
@@ -240,26 +247,28 @@ def headline(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small slices, one epoch (< 5 min)")
     p.add_argument("--data-dir", type=Path, default=DATA)
     p.add_argument("--methods", help=f"default {','.join(METHODS)}")
     p.add_argument("--checkpoint", help="measure this trained model instead of training")
-    p.add_argument("--max-dev", type=int, help="with --checkpoint: dev examples per task")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--max-dev", type=positive_int, help="with --checkpoint: dev examples per task")
+    p.add_argument("--lr", type=positive_float, default=1e-4)
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=non_negative_float,
         help="operating point: within this of the last layer on the calibration slice "
         "(default: the model's exit_tolerance, 0.01); the headline still asks 99%% on dev",
     )
-    p.add_argument("--train-threads", type=int, default=None)
+    p.add_argument("--train-threads", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, help="training epochs (default: 1)")
-    p.add_argument("--calib-max", type=int, help="calibration examples per task (default 250)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: 1)")
+    p.add_argument(
+        "--calib-max", type=positive_int, help="calibration examples per task (default 250)"
+    )
     p.add_argument(
         "--speed-examples",
-        type=int,
+        type=positive_int,
         help="dev examples per task timed at each batch size, a seeded random sample "
         "(default 150; --quick 16)",
     )
@@ -301,8 +310,6 @@ def measure(args: argparse.Namespace) -> int:
     if args.calib_max is not None:
         s["calib_max"] = args.calib_max
     if args.speed_examples is not None:
-        if args.speed_examples < 1:
-            raise ConfigError(f"--speed-examples must be >= 1, got {args.speed_examples}")
         s["speed_examples"] = args.speed_examples
     start = time.perf_counter()
     runs: dict[str, TrainingRun] = {}

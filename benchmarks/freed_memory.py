@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from berter.errors import one_line_errors
+from berter.errors import ArgumentParser, one_line_errors, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
@@ -57,17 +57,19 @@ def child(mode: str, data_dir: str | None, max_train: int, max_dev: int, configs
 
 @one_line_errors
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 train per task, 2 configs")
     parser.add_argument("--data-dir", default=str(DATA) if DATA.is_dir() else None)
-    parser.add_argument("--max-train", type=int, default=None)
-    parser.add_argument("--max-dev", type=int, default=200)
-    parser.add_argument("--configs", type=int, default=None, help=f"1-{len(CONFIGS)}")
-    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs")
+    parser.add_argument("--max-train", type=positive_int, default=None)
+    parser.add_argument("--max-dev", type=positive_int, default=200)
+    parser.add_argument("--configs", type=positive_int, default=None, help=f"1-{len(CONFIGS)}")
+    parser.add_argument("--repeats", type=positive_int, default=1, help="pairs of runs")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     max_train = args.max_train or (200 if args.quick else 1000)
     configs = args.configs or (2 if args.quick else 3)
+    if configs > len(CONFIGS):
+        parser.error(f"--configs: at most {len(CONFIGS)}, got {configs}")
     if args.child:
         child(args.child, args.data_dir, max_train, args.max_dev, configs)
         return 0

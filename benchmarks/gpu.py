@@ -24,7 +24,6 @@ Last line: the examples/s ratio amp / fp32 for the packaged backbone.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import threading
@@ -37,7 +36,7 @@ import torch  # noqa: E402
 
 from berter.config import Config  # noqa: E402
 from berter.data import get_tokenizer, load_data  # noqa: E402
-from berter.errors import one_line_errors  # noqa: E402
+from berter.errors import ArgumentParser, one_line_errors, positive_int  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 MODES = {
@@ -124,11 +123,11 @@ def measure(cfg: Config, data, tokenizer, device: torch.device, backbone) -> dic
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))
     p.add_argument("--quick", action="store_true", help="512 SST examples")
-    p.add_argument("--examples", type=int, help="SST training examples (default 4096)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--examples", type=positive_int, help="SST training examples (default 4096)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (smoke run)")
     p.add_argument("--models", default="packaged,bert-base", help="packaged and/or bert-base")
     p.add_argument("--modes", default=",".join(MODES), help=f"of {', '.join(MODES)}")

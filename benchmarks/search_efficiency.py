@@ -37,7 +37,6 @@ The table is cached in ``--table`` (JSON) so the replay can be rerun without tra
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import io
@@ -53,7 +52,13 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from berter.errors import one_line_errors  # noqa: E402
+from berter.errors import (  # noqa: E402
+    ArgumentParser,
+    non_negative_float,
+    one_line_errors,
+    positive_float,
+    positive_int,
+)
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 SPACE = {"lr": (5e-5, 1e-4, 2e-4), "batch_size": (16, 32), "dropout": (0.1, 0.3)}
@@ -224,17 +229,25 @@ def summarise(costs: list[tuple[int, bool]]) -> dict:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))
     p.add_argument("--quick", action="store_true", help="smaller data, 2 epochs")
-    p.add_argument("--max-train", type=int, help="training examples per task")
-    p.add_argument("--max-dev", type=int, help="dev examples per task")
-    p.add_argument("--epochs", type=int, help="epochs per grid point (ASHA's max_t)")
-    p.add_argument("--seeds", type=int, help="replays per searcher, seeds 0..N-1 (300; 100 quick)")
-    p.add_argument("--tolerance", type=float, default=0.005, help="dev score below the best")
-    p.add_argument("--cap", type=float, default=3.0, help="stop a replay at this x grid cost")
+    p.add_argument("--max-train", type=positive_int, help="training examples per task")
+    p.add_argument("--max-dev", type=positive_int, help="dev examples per task")
+    p.add_argument("--epochs", type=positive_int, help="epochs per grid point (ASHA's max_t)")
     p.add_argument(
-        "--reduction-factor", type=float, help="ASHA's (default: the sweep's, berter.searcher)"
+        "--seeds", type=positive_int, help="replays per searcher, seeds 0..N-1 (300; 100 quick)"
+    )
+    p.add_argument(
+        "--tolerance", type=non_negative_float, default=0.005, help="dev score below the best"
+    )
+    p.add_argument(
+        "--cap", type=positive_float, default=3.0, help="stop a replay at this x grid cost"
+    )
+    p.add_argument(
+        "--reduction-factor",
+        type=positive_float,
+        help="ASHA's (default: the sweep's, berter.searcher)",
     )
     p.add_argument(
         "--threads",

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from berter.data import Task  # noqa: E402
-from berter.errors import BerterError, ConfigError  # noqa: E402
+from berter.errors import ArgumentParser, BerterError, ConfigError, positive_int  # noqa: E402
 from berter.infer import run_from_checkpoint  # noqa: E402
 from berter.metrics import dev_score, task_metric  # noqa: E402
 from berter.train import Evaluation, TrainingRun  # noqa: E402
@@ -194,10 +194,10 @@ def headline(scores: dict[str, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a trained checkpoint directory")
     parser.add_argument("--data-dir", help="the data (default: where the model was trained)")
-    parser.add_argument("--max-dev", type=int, default=None, help="dev examples per task")
+    parser.add_argument("--max-dev", type=positive_int, default=None, help="dev examples per task")
     parser.add_argument("--quick", action="store_true", help="200 dev examples per task")
     args = parser.parse_args(argv)
     if args.quick and args.max_dev is None:

@@ -17,7 +17,6 @@ its final-layer score against ``final``'s, when both rows ran.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from berter.config import Config  # noqa: E402
-from berter.errors import one_line_errors  # noqa: E402
+from berter.errors import ArgumentParser, one_line_errors, positive_float, positive_int  # noqa: E402
 from berter.train import train_and_evaluate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
@@ -72,14 +71,18 @@ def headline(rows: list[dict]) -> str:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))
     p.add_argument("--quick", action="store_true", help="150 train / 150 dev per task, every row")
-    p.add_argument("--max-train", type=int, default=None, help="training examples per task (2000)")
-    p.add_argument("--max-dev", type=int, default=None, help="dev examples per task (1000)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=Config().lr)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--max-train", type=positive_int, default=None, help="training examples per task (2000)"
+    )
+    p.add_argument(
+        "--max-dev", type=positive_int, default=None, help="dev examples per task (1000)"
+    )
+    p.add_argument("--epochs", type=positive_int, default=1)
+    p.add_argument("--lr", type=positive_float, default=Config().lr)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategies", default=",".join(RUNS), help="comma-separated row labels")
     p.add_argument("--out", default=str(ROOT / "results" / "strategies.jsonl"))

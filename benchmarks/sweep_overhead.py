@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from berter.errors import one_line_errors
+from berter.errors import ArgumentParser, one_line_errors, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,14 +120,16 @@ def direct(configs_file: str, data_dir: str | None, threads: int) -> None:
 
 @one_line_errors
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 trials on 100 examples per task")
-    parser.add_argument("--trials", type=int, default=None)
+    parser.add_argument("--trials", type=positive_int, default=None)
     parser.add_argument("--data-dir", default=None, help="CS224N data (default: demo set)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-train", type=int, default=None)
-    parser.add_argument("--max-dev", type=int, default=None)
-    parser.add_argument("--cpus", type=int, default=2, help="CPUs per trial (and direct threads)")
+    parser.add_argument("--epochs", type=positive_int, default=1)
+    parser.add_argument("--max-train", type=positive_int, default=None)
+    parser.add_argument("--max-dev", type=positive_int, default=None)
+    parser.add_argument(
+        "--cpus", type=positive_int, default=2, help="CPUs per trial (and direct threads)"
+    )
     parser.add_argument("--address", help="sweep on this running Ray instance (e.g. auto)")
     parser.add_argument("--direct", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -33,7 +33,6 @@ spread that swamps the comparison.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import statistics
@@ -50,7 +49,7 @@ import torch  # noqa: E402
 
 from berter.config import Config  # noqa: E402
 from berter.data import get_tokenizer, load_data, packaged_model_path  # noqa: E402
-from berter.errors import one_line_errors  # noqa: E402
+from berter.errors import ArgumentParser, one_line_errors, positive_int  # noqa: E402
 from berter.model import load_backbone  # noqa: E402
 from berter.train import TrainingRun  # noqa: E402
 
@@ -251,14 +250,19 @@ def overhead(args, log, name: str, changes: dict) -> float:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DATA))
     p.add_argument("--quick", action="store_true", help="small data, same comparisons")
-    p.add_argument("--sst-examples", type=int, help="SST training examples (before calib)")
-    p.add_argument("--task-examples", type=int, help="examples per task for parts 2 and 3")
-    p.add_argument("--rounds", type=int, help="timed rounds per comparison (after a warm-up)")
+    p.add_argument("--sst-examples", type=positive_int, help="SST training examples (before calib)")
+    p.add_argument("--task-examples", type=positive_int, help="examples per task for parts 2 and 3")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: see the docstring)"
+        "--rounds", type=positive_int, help="timed rounds per comparison (after a warm-up)"
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch threads (default 1: see the docstring)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=("trainer", "exits", "ema"), help="run one comparison")

@@ -8,13 +8,12 @@ the Ray worker's second thread to the plain process's main thread (median second
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import threading
 from typing import Any
 
-from berter.errors import one_line_errors
+from berter.errors import ArgumentParser, one_line_errors, positive_int
 
 DEFAULT_DATA = "../shared/data/cs224n"
 
@@ -48,12 +47,12 @@ def in_thread(*args: Any) -> float:
 
 @one_line_errors
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 examples per task, 1 repeat")
     parser.add_argument("--data-dir", default=DEFAULT_DATA)
-    parser.add_argument("--max-train", type=int, default=400, help="per task")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-train", type=positive_int, default=400, help="per task")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     if args.quick:
         args.max_train, args.repeats = 200, 1

@@ -149,3 +149,26 @@ def test_one_line_errors_turns_a_user_error_into_exit_2_and_lets_a_bug_through(c
     assert capsys.readouterr().err == "error: x.csv: no such file\n"
     with pytest.raises(ZeroDivisionError):
         bug()
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "message"),
+    [
+        ("strategies", ["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
+        ("search_efficiency", ["--seeds", "-1"], "argument --seeds: expected an integer >= 1, got '-1'"),
+        ("search_efficiency", ["--tolerance", "-0.1"], "argument --tolerance: expected a number >= 0, got '-0.1'"),
+        ("throughput", ["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
+        ("gpu", ["--examples", "two"], "argument --examples: expected an integer >= 1, got 'two'"),
+        ("early_exit", ["--lr", "nan"], "argument --lr: expected a number > 0, got 'nan'"),
+    ],
+)  # fmt: skip
+def test_a_bad_count_or_rate_is_one_line_and_exit_2_before_any_work(name, argv, message, capsys):
+    """0 would otherwise be read as "the default" (``args.n or default``), and a negative count
+    or tolerance fails late with a traceback, if at all."""
+    import importlib
+
+    script = importlib.import_module(name)
+    with pytest.raises(SystemExit) as exit_:
+        script.main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"

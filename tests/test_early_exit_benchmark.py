@@ -27,9 +27,11 @@ def test_table_shows_the_exit_layer_of_the_examples_timed():
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_speed_examples_below_one_is_a_one_line_error(tmp_path, capsys, value):
-    assert early_exit.main(["--data-dir", str(tmp_path), "--speed-examples", value]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        early_exit.main(["--data-dir", str(tmp_path), "--speed-examples", value])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: --speed-examples must be >= 1, got {value}"
+    assert err == f"error: argument --speed-examples: expected an integer >= 1, got '{value}'"
 
 
 def test_table_and_headline_name_the_calibration_and_per_layer_thresholds():
