@@ -109,6 +109,7 @@ def test_a_missing_data_directory_is_one_line_and_exit_2_in_process(name, capsys
     extra = {
         "search_efficiency": ["--table", str(tmp_path / "grid.json")],
         "gpu": ["--device", "cpu"],
+        "throughput": ["--only", "exits"],  # the Trainer part would first ask for accelerate
     }
     extra = extra.get(name, [])
     assert script.main(["--quick", "--data-dir", MISSING, *extra]) == 2
