@@ -26,6 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from berter.errors import ArgumentParser, positive_int  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 TARGET = 0.77
 ANCHOR = 0.751  # three single-task Trainer fine-tunes of the same backbone
@@ -77,14 +81,16 @@ def report(directory: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=DATA)
     p.add_argument("--results", type=Path, default=ROOT / "results")
     p.add_argument("--name", help="sweep name (default full-accuracy, or accuracy-quick)")
     p.add_argument("--quick", action="store_true", help="300 examples per task, 1 epoch")
-    p.add_argument("--epochs", type=int, help="epochs per trial (default 3; --quick 1)")
-    p.add_argument("--trials", type=int, default=3, help="one per pair encoding by default")
-    p.add_argument("--cpus", type=int, default=2, help="CPUs per trial")
+    p.add_argument("--epochs", type=positive_int, help="epochs per trial (default 3; --quick 1)")
+    p.add_argument(
+        "--trials", type=positive_int, default=3, help="one per pair encoding by default"
+    )
+    p.add_argument("--cpus", type=positive_int, default=2, help="CPUs per trial")
     p.add_argument("--variants", default=VARIANTS, help="sweeps/run.py --variants filter")
     p.add_argument("--lr-range", default="6e-5:1.5e-4", help="searched learning rate LOW:HIGH")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -95,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.name = args.name or ("accuracy-quick" if args.quick else "full-accuracy")
     args.epochs = args.epochs or (1 if args.quick else 3)
-    sys.path.insert(0, str(ROOT))
     if not args.report:
         cmd = sweep_command(args)
         print("$ " + " ".join(c if " " not in c and "|" not in c else repr(c) for c in cmd))

@@ -161,6 +161,7 @@ def test_one_line_errors_turns_a_user_error_into_exit_2_and_lets_a_bug_through(c
         ("throughput", ["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
         ("gpu", ["--examples", "two"], "argument --examples: expected an integer >= 1, got 'two'"),
         ("early_exit", ["--lr", "nan"], "argument --lr: expected a number > 0, got 'nan'"),
+        ("accuracy", ["--quick", "--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
     ],
 )  # fmt: skip
 def test_a_bad_count_or_rate_is_one_line_and_exit_2_before_any_work(name, argv, message, capsys):
