@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     args.max_dev = args.max_dev or (80 if args.quick else 400)
     args.epochs = args.epochs or (2 if args.quick else 3)
     args.seeds = args.seeds or (100 if args.quick else 300)
+    if args.reduction_factor is not None and args.reduction_factor <= 1:
+        p.error(f"--reduction-factor must be > 1, got {args.reduction_factor}")
     name = "search_grid_quick.json" if args.quick else "search_grid.json"
     args.table = args.table or str(ROOT / "results" / name)
 

@@ -36,38 +36,32 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts (examples, epochs, trials, threads): 0 would be read as "use
-    the default" by ``args.n or default``, and a negative count means nothing."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _bounded(convert: Callable[[str], Any], ok: Callable[[Any], bool], wanted: str, name: str):
+    """An argparse type: ``convert`` the text, then insist on ``ok``; the message names what
+    was wanted and what came."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """argparse type for rates and factors that must be above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type for tolerances: zero allowed, negative (or NaN) not."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+# Counts (examples, epochs, trials, threads): 0 would be read as "the default" by
+# ``args.n or default``, and a negative count means nothing.
+positive_int = _bounded(int, lambda v: v >= 1, "an integer >= 1", "positive_int")
+# Rates and factors; NaN and infinity fail the comparison.
+positive_float = _bounded(float, lambda v: 0 < v < float("inf"), "a number > 0", "positive_float")
+# Tolerances: zero allowed.
+non_negative_float = _bounded(
+    float, lambda v: 0 <= v < float("inf"), "a number >= 0", "non_negative_float"
+)
 
 
 def one_line_errors(main: Callable[..., Any]) -> Callable[..., Any]:

@@ -158,6 +158,8 @@ def test_one_line_errors_turns_a_user_error_into_exit_2_and_lets_a_bug_through(c
         ("strategies", ["--epochs", "0"], "argument --epochs: expected an integer >= 1, got '0'"),
         ("search_efficiency", ["--seeds", "-1"], "argument --seeds: expected an integer >= 1, got '-1'"),
         ("search_efficiency", ["--tolerance", "-0.1"], "argument --tolerance: expected a number >= 0, got '-0.1'"),
+        ("search_efficiency", ["--reduction-factor", "1"], "--reduction-factor must be > 1, got 1.0"),
+        ("search_efficiency", ["--cap", "inf"], "argument --cap: expected a number > 0, got 'inf'"),
         ("throughput", ["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
         ("gpu", ["--examples", "two"], "argument --examples: expected an integer >= 1, got 'two'"),
         ("early_exit", ["--lr", "nan"], "argument --lr: expected a number > 0, got 'nan'"),
