@@ -36,7 +36,9 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _bounded(convert: Callable[[str], Any], ok: Callable[[Any], bool], wanted: str, name: str):
+def _bounded(
+    convert: Callable[[str], Any], ok: Callable[[Any], bool], wanted: str, name: str
+) -> Callable[[str], Any]:
     """An argparse type: ``convert`` the text, then insist on ``ok``; the message names what
     was wanted and what came."""
 
