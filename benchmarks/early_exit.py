@@ -47,9 +47,9 @@ sys.path.insert(0, str(ROOT))
 from berter.config import Config  # noqa: E402
 from berter.errors import (  # noqa: E402
     ArgumentParser,
-    BerterError,
     ConfigError,
     non_negative_float,
+    one_line_errors,
     positive_float,
     positive_int,
 )
@@ -246,6 +246,7 @@ def headline(rows: list[dict]) -> str:
     )
 
 
+@one_line_errors  # a bad setting, checkpoint or data: one line, no traceback
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small slices, one epoch (< 5 min)")
@@ -285,12 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="a training setting, as sweeps/run.py --set (e.g. exit_distill=1); repeatable",
     )
-    args = p.parse_args(argv)
-    try:
-        return measure(args)
-    except BerterError as exc:  # a bad setting, checkpoint or data: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return measure(p.parse_args(argv))
 
 
 def measure(args: argparse.Namespace) -> int:

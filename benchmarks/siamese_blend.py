@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from berter.data import Task  # noqa: E402
-from berter.errors import ArgumentParser, BerterError, ConfigError, positive_int  # noqa: E402
+from berter.errors import ArgumentParser, ConfigError, one_line_errors, positive_int  # noqa: E402
 from berter.infer import run_from_checkpoint  # noqa: E402
 from berter.metrics import dev_score, task_metric  # noqa: E402
 from berter.train import Evaluation, TrainingRun  # noqa: E402
@@ -193,6 +193,7 @@ def headline(scores: dict[str, float]) -> str:
     )
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a trained checkpoint directory")
@@ -202,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick and args.max_dev is None:
         args.max_dev = 200
-    try:
-        rows, scores = measure(args)
-    except BerterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rows, scores = measure(args)
     print(markdown(rows, scores))
     print(headline(scores))
     return 0
