@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=min(2, os.cpu_count() or 1),
         help="torch threads for the grid (untimed: only its scores are used)",
     )

@@ -1,5 +1,6 @@
-"""The benchmark scripts' shared contract: every one takes ``--quick``; and the strategies
-benchmark's headline picks the best early-exit strategy and compares it with ``final``."""
+"""The benchmark scripts' shared contract: every one takes ``--quick`` and ends with its
+headline (strategies, gpu); a bad input (missing data, a bad count or rate, no accelerate, no
+CUDA) is one line on stderr and exit 2, never a traceback or minutes of work first."""
 
 import ast
 import subprocess
@@ -187,6 +188,7 @@ def test_one_line_errors_turns_a_user_error_into_exit_2_and_lets_a_bug_through(c
         ("search_efficiency", ["--tolerance", "-0.1"], "argument --tolerance: expected a number >= 0, got '-0.1'"),
         ("search_efficiency", ["--reduction-factor", "1"], "--reduction-factor must be > 1, got 1.0"),
         ("search_efficiency", ["--cap", "inf"], "argument --cap: expected a number > 0, got 'inf'"),
+        ("search_efficiency", ["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
         ("throughput", ["--threads", "0"], "argument --threads: expected an integer >= 1, got '0'"),
         ("gpu", ["--examples", "two"], "argument --examples: expected an integer >= 1, got 'two'"),
         ("early_exit", ["--lr", "nan"], "argument --lr: expected a number > 0, got 'nan'"),
