@@ -242,7 +242,8 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(faulty_sweep):
     assert raised.dev_score > 0  # the finished epoch's metrics are kept
     assert retries(roles["raises"]) == 1  # --max-failures 1: retried once, failed again
     diverged = trials.loc[roles["diverges"]]
-    assert diverged.status == "diverged" and retries(roles["diverges"]) == 0
+    assert diverged.status == "diverged" and diverged.epochs_done == 1
+    assert retries(roles["diverges"]) == 0  # a diverged trial is not retried
     assert "nan" in diverged.error and "epoch 1" in diverged.error
     fine = trials.loc[roles["fine"]]  # started after the failures: the sweep went on
     assert fine.status == "terminated" and reported(roles["fine"]) == [1, 2]

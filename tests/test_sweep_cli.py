@@ -17,7 +17,7 @@ from ray import tune
 
 from berter.cli import main as berter_main
 from berter.results import read_results
-from berter.sweep import SWEEP_FILE, build_parser, make_plan, run
+from berter.sweep import SWEEP_FILE, build_parser
 from berter.sweep import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,27 +128,6 @@ def test_resume_skips_finished_trials_and_continues_from_checkpoints(
     assert list(resumed.index) == [1, 2, 3]
     for e in cut_epochs.epoch:  # epochs before the interruption were not trained again
         assert resumed.loc[e, "reported_at"] == cut_epochs.set_index("epoch").loc[e, "reported_at"]
-
-
-@pytest.mark.parametrize(
-    ("fault", "status", "epochs_done"), [("raise@2", "error", 1), ("nan@1", "diverged", 1)]
-)
-def test_failing_trials_get_their_status(
-    local_ray, tiny_model, tmp_path, fault, status, epochs_done
-):
-    parsed = build_parser().parse_args(
-        args(
-            tiny_model, tmp_path, "faulty", "--search", "lr", "--num-samples", "1", "--epochs", "2"
-        )
-    )
-    plan, data = make_plan(parsed)
-    plan.base["test_fault"] = fault  # injected fault (Config.test_fault)
-    assert run(plan, data, resume=False, address=None) == 0
-    row = read_results(tmp_path / "faulty")["trials"].iloc[0]
-    assert row.status == status and row.epochs_done == epochs_done
-    if status == "error":
-        assert row.error == "RuntimeError: injected fault in epoch 2 (test_fault)"
-        assert row.dev_score > 0  # the finished epoch's metrics are kept
 
 
 # ----------------------------------------------------------------------------- user errors
