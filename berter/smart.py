@@ -102,9 +102,13 @@ def adversarial_noise(
             break  # the outputs do not depend on the input: nothing to ascend
         grads = torch.autograd.grad(loss, noise, allow_unused=True)
         grads = [torch.zeros_like(n) if g is None else g for n, g in zip(noise, grads, strict=True)]
-        if not all(torch.isfinite(g).all() for g in grads):
-            continue  # skip this step, keep the current perturbation
-        noise = [_project(n + cfg.smart_step * g) for n, g in zip(noise, grads, strict=True)]
+        # A non-finite gradient skips the step (the current perturbation stays); decided on
+        # the device, since asking the host would stall the GPU once per SMART batch.
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        noise = [
+            torch.where(finite, _project(n + cfg.smart_step * g.nan_to_num()), n)
+            for n, g in zip(noise, grads, strict=True)
+        ]
     return [n.detach() for n in noise]
 
 

@@ -137,6 +137,62 @@ def test_a_non_finite_loss_is_reported_as_diverged_and_stops_training():
     assert report.metrics["diverged"] and run.epoch == 1
 
 
+# Every way Python code reads a tensor's value on the host: on CUDA each one waits for the
+# GPU to finish the queued work, so one per step stalls the pipeline every step.
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"smart": "all", "smart_steps": 2},
+        {"strategy": "alternating", "exit_method": "lte"},
+        {"strategy": "joint", "exit_method": "qexit", "exit_distill": 0.5},
+        {"strategy": "smart_alt", "exit_method": "berter", "slf": "on"},
+        {"cos_loss": "on"},
+        {"concat": "before_embed", "pair_swap": True, "ema_decay": 0.9},
+    ],
+    ids=[
+        "final",
+        "smart",
+        "alternating-lte",
+        "joint-qexit-distill",
+        "slf-smart_alt",
+        "siamese",
+        "packed-swap-ema",
+    ],
+)
+def test_training_reads_tensors_on_the_host_a_fixed_number_of_times_per_epoch(
+    overrides, monkeypatch
+):
+    """No host read inside the step loop: three times the steps, the same number of reads."""
+
+    def host_reads(max_train: int) -> int:
+        run = TrainingRun(tiny_config(max_train=max_train, **overrides), backbone=tiny_backbone())
+        count = 0
+
+        def counted(name: str):
+            real = getattr(torch.Tensor, name)
+
+            def read(self, *args, **kwargs):
+                nonlocal count
+                # AveragedModel's step counter is a CPU tensor on any device (its device=None):
+                # reading it never waits for the GPU
+                count += not sys._getframe(1).f_code.co_filename.endswith("swa_utils.py")
+                return real(self, *args, **kwargs)
+
+            return read
+
+        with monkeypatch.context() as m:
+            for name in HOST_READS:
+                m.setattr(torch.Tensor, name, counted(name))
+            run.train_epoch()
+        return count
+
+    assert host_reads(16) == host_reads(48)
+
+
 def test_every_optimizer_trains(subtests=None):
     for opt in ("adamw", "rmsprop", "sgd"):
         result = train_and_evaluate(tiny_config(optimizer=opt), backbone=tiny_backbone())
