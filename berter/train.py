@@ -409,16 +409,16 @@ class TrainingRun:
             batch = batch.to(self.device)
             with self.autocast():
                 outs = self.model(batch)
-            for i, o in enumerate(outs):
-                logits[i].append(o.logits.float().cpu())
-                pooled[i].append(o.pooled.float().cpu())
+            for i, o in enumerate(outs):  # kept on the device: one copy to the host at the end
+                logits[i].append(o.logits.float())
+                pooled[i].append(o.pooled.float())
         if n == 0:
             return TaskEval(task, np.zeros(0), [], [], [], [float("nan")] * n_layers, siamese)
         inv = torch.empty(n, dtype=torch.long)
         inv[torch.cat(order)] = torch.arange(n)
         labels = np.asarray(enc.labels, dtype=np.float64)
-        lg = [torch.cat(x)[inv] for x in logits]
-        pl = [torch.cat(x)[inv] for x in pooled]
+        lg = [torch.cat(x).cpu()[inv] for x in logits]
+        pl = [torch.cat(x).cpu()[inv] for x in pooled]
         thresholds = self.model.cos_threshold.cpu()
         preds = [
             predict(task, lg[i], siamese, float(thresholds[i])).numpy() for i in range(n_layers)
