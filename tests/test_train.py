@@ -168,29 +168,45 @@ def test_training_reads_tensors_on_the_host_a_fixed_number_of_times_per_epoch(
 ):
     """No host read inside the step loop: three times the steps, the same number of reads."""
 
-    def host_reads(max_train: int) -> int:
+    def reads(max_train: int) -> int:
         run = TrainingRun(tiny_config(max_train=max_train, **overrides), backbone=tiny_backbone())
-        count = 0
+        return host_reads(run.train_epoch, monkeypatch)
 
-        def counted(name: str):
-            real = getattr(torch.Tensor, name)
+    assert reads(16) == reads(48)
 
-            def read(self, *args, **kwargs):
-                nonlocal count
-                # AveragedModel's step counter is a CPU tensor on any device (its device=None):
-                # reading it never waits for the GPU
-                count += not sys._getframe(1).f_code.co_filename.endswith("swa_utils.py")
-                return real(self, *args, **kwargs)
 
-            return read
+def test_evaluation_reads_tensors_on_the_host_a_fixed_number_of_times_per_task(monkeypatch):
+    """Outputs stay on the device until a task's last batch: more batches, the same reads."""
+    monkeypatch.setattr("berter.train.EVAL_BATCH", 4)
 
-        with monkeypatch.context() as m:
-            for name in HOST_READS:
-                m.setattr(torch.Tensor, name, counted(name))
-            run.train_epoch()
-        return count
+    def reads(max_dev: int) -> int:
+        run = TrainingRun(tiny_config(max_dev=max_dev), backbone=tiny_backbone())
+        return host_reads(run.evaluate, monkeypatch)
 
-    assert host_reads(16) == host_reads(48)
+    assert reads(8) == reads(16)
+
+
+def host_reads(work, monkeypatch) -> int:
+    """How many times ``work()`` reads a tensor's value on the host."""
+    count = 0
+
+    def counted(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            nonlocal count
+            # AveragedModel's step counter is a CPU tensor on any device (its device=None):
+            # reading it never waits for the GPU
+            count += not sys._getframe(1).f_code.co_filename.endswith("swa_utils.py")
+            return real(self, *args, **kwargs)
+
+        return read
+
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            m.setattr(torch.Tensor, name, counted(name))
+        work()
+    return count
 
 
 def test_every_optimizer_trains(subtests=None):
