@@ -13,7 +13,9 @@ Each mode runs one untimed warm-up epoch (CUDA context, cuDNN/cuBLAS autotuning,
 then one timed epoch (``EpochReport.examples / epoch_seconds``: the loop synchronises the
 device before and after). GPU utilisation is sampled every 50 ms during the timed epoch with
 NVML (``pip install nvidia-ml-py``; "n/a" without it); peak memory is
-``torch.cuda.max_memory_allocated``.
+``torch.cuda.max_memory_allocated``. A third, untimed epoch runs under torch's CUDA sync
+debug mode, which warns at every call that makes the host wait for the GPU: the table gives
+their count against the epoch's steps (a fixed few per epoch, none per step, is the aim).
 
     python benchmarks/gpu.py --quick     # 512 SST examples
     python benchmarks/gpu.py             # 4,096 SST examples
@@ -27,6 +29,7 @@ from __future__ import annotations
 import statistics
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +106,23 @@ def bert_base_backbone(dropout: float):
     return BertModel(config, add_pooling_layer=False)
 
 
+def host_syncs(run) -> tuple[int, int] | None:
+    """Synchronising CUDA calls in one more, untimed epoch, counted by torch's sync debug mode
+    (it warns at each); None off CUDA. The loop itself should make a fixed few per epoch
+    (before and after the timed loop, and the epoch's mean loss), none per step."""
+    if run.device.type != "cuda":
+        return None
+    steps = len(run.epoch_batches(run.epoch))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run.train_epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught), steps
+
+
 def measure(cfg: Config, data, tokenizer, device: torch.device, backbone) -> dict:
     from berter.train import TrainingRun
 
@@ -118,6 +138,7 @@ def measure(cfg: Config, data, tokenizer, device: torch.device, backbone) -> dic
         "seconds": report.epoch_seconds,
         "util": util.mean,
         "peak_gib": peak,
+        "syncs": host_syncs(run),
     }
 
 
@@ -148,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = args.examples or (512 if args.quick else 4096)
     base = Config(
         data_dir=args.data_dir, tasks=("sst",), strategy="final", exit_method="none",
-        max_train=examples, max_dev=64, calib_max=0, epochs=2, batch_size=args.batch_size,
+        max_train=examples, max_dev=64, calib_max=0, epochs=3, batch_size=args.batch_size,
     )  # fmt: skip
     data = load_data(
         base.data_dir, base.tasks, base.max_train, base.max_dev, base.seed, calib_max=0
@@ -157,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; {examples} SST examples, batch "
           f"{args.batch_size}, max length {base.max_len}, strategy=final")  # fmt: skip
-    print("\n| backbone | mode | examples/s | x fp32 | GPU util | peak GiB |")
-    print("|---|---|---|---|---|---|")
+    print("\n| backbone | mode | examples/s | x fp32 | GPU util | peak GiB | host syncs / steps |")
+    print("|---|---|---|---|---|---|---|")
     ratios: dict[str, float] = {}
     for model in models:
         fp32 = None
@@ -172,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "amp" and fp32:
                 ratios[model] = r["examples_per_s"] / fp32
             peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+            syncs = "{} / {}".format(*r["syncs"]) if r["syncs"] is not None else "-"
             print(f"| {model} | {mode} | {r['examples_per_s']:.0f} | {speed} | {r['util']} "
-                  f"| {peak} |", flush=True)  # fmt: skip
+                  f"| {peak} | {syncs} |", flush=True)  # fmt: skip
     head = ratios.get("packaged", next(iter(ratios.values()), float("nan")))
     print(f"\nexamples/s ratio amp/fp32 (packaged backbone): {head:.2f}")
     return 0

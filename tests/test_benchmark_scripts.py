@@ -98,6 +98,31 @@ def test_gpu_benchmark_runs_end_to_end_on_cpu_and_ends_with_its_headline(capsys)
     assert float(lines[-1].rsplit(" ", 1)[1]) > 0
 
 
+def test_gpu_benchmark_counts_the_sync_warnings_of_one_epoch_and_restores_the_mode(monkeypatch):
+    """The CUDA-only sync count, with torch's debug mode and a run faked: it counts the
+    "synchronizing" warnings the epoch raises (others not), and puts the mode back."""
+    import warnings
+    from types import SimpleNamespace
+
+    import gpu
+    import torch
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def epoch():
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+
+    run = SimpleNamespace(
+        device=torch.device("cuda"), epoch=1, epoch_batches=lambda e: [0] * 7, train_epoch=epoch
+    )
+    assert gpu.host_syncs(run) == (3, 7)
+    assert modes == ["warn", "default"]
+    assert gpu.host_syncs(SimpleNamespace(device=torch.device("cpu"))) is None
+
+
 MISSING = "/nonexistent/cs224n"
 MISSING_LINE = f"error: {MISSING}: data directory does not exist"
 
