@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
@@ -59,9 +60,6 @@ def test_throughput_without_accelerate_stops_before_timing_with_one_line(monkeyp
     assert throughput.main(["--quick"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the Trainer comparison needs accelerate>=") and "\n" not in err
-
-
-SHARED_DATA = ROOT.parent / "shared" / "data" / "cs224n"
 
 
 def test_gpu_benchmark_without_cuda_says_so_in_one_line(capsys):
