@@ -163,6 +163,17 @@ def test_freed_memory_relays_its_childs_missing_data_error_as_one_line():
     assert out.stderr.strip().startswith(MISSING_LINE) and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_freed_memory_rejects_more_configurations_than_it_has_in_one_line(monkeypatch, capsys):
+    import freed_memory
+
+    monkeypatch.setattr(sys, "argv", ["freed_memory.py", "--configs", "4"])
+    monkeypatch.setattr(freed_memory.subprocess, "run", lambda *a, **k: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as exit_:
+        freed_memory.main()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: --configs: at most 3, got 4\n"
+
+
 def test_trial_thread_checks_the_data_before_starting_ray(monkeypatch, capsys):
     import trial_thread
 
