@@ -59,7 +59,7 @@ def report(directory: Path) -> float:
     """Print the sweep's trials and the best one's scores; return the best dev score."""
     import pandas as pd
 
-    from berter.results import read_results
+    from berter.sweep.store import read_results
 
     trials = read_results(directory)["trials"]
     cols = ["trial_name", "status", "lr", "epochs_done", "best_epoch", "dev_score",

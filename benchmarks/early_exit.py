@@ -44,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from berter.checkpoint import run_from_checkpoint, save_model  # noqa: E402
 from berter.config import Config  # noqa: E402
 from berter.errors import (  # noqa: E402
     ArgumentParser,
@@ -53,16 +54,12 @@ from berter.errors import (  # noqa: E402
     positive_float,
     positive_int,
 )
-from berter.exits import (  # noqa: E402
-    build_exit_method,
-    describe,
-    operating_point,
-    thresholds_from_metrics,
-)
-from berter.infer import measure_speedup, run_from_checkpoint, save_model  # noqa: E402
-from berter.metrics import metric_column  # noqa: E402
-from berter.search import parse_settings  # noqa: E402
-from berter.train import Evaluation, TrainingRun  # noqa: E402
+from berter.exits.calibration import describe, operating_point, thresholds_from_metrics  # noqa: E402
+from berter.exits.engine import measure_speedup  # noqa: E402
+from berter.exits.rules import build_exit_method  # noqa: E402
+from berter.sweep.space import parse_settings  # noqa: E402
+from berter.tasks import metric_column  # noqa: E402
+from berter.train.run import Evaluation, TrainingRun  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 METHODS = ("confidence", "entropy", "lte", "patience", "qexit")

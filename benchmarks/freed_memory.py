@@ -32,9 +32,9 @@ def child(mode: str, data_dir: str | None, max_train: int, max_dev: int, configs
     """Train the configurations; print one JSON line of seconds, faults and system time."""
     import torch
 
-    import berter.train as train
+    import berter.train.run as train
     from berter.config import Config
-    from berter.data import load_data_for
+    from berter.data.files import load_data_for
 
     if mode == "default":
         train.keep_freed_memory = lambda: False  # TrainingRun calls it through the module

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from berter.config import Config  # noqa: E402
-from berter.data import get_tokenizer, load_data  # noqa: E402
+from berter.data.encode import get_tokenizer  # noqa: E402
+from berter.data.files import load_data  # noqa: E402
 from berter.errors import ArgumentParser, one_line_errors, positive_int  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
@@ -124,7 +125,7 @@ def host_syncs(run) -> tuple[int, int] | None:
 
 
 def measure(cfg: Config, data, tokenizer, device: torch.device, backbone) -> dict:
-    from berter.train import TrainingRun
+    from berter.train.run import TrainingRun
 
     run = TrainingRun(cfg, data, backbone=backbone, tokenizer=tokenizer, device=device)
     run.train_epoch()  # warm-up: context, autotuning, compilation

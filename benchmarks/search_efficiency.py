@@ -78,9 +78,10 @@ def train_grid(args, log) -> dict:
     import torch
 
     from berter.config import Config
-    from berter.data import get_tokenizer, load_data
-    from berter.model import load_backbone
-    from berter.train import TrainingRun
+    from berter.data.encode import get_tokenizer
+    from berter.data.files import load_data
+    from berter.model.multi_exit import load_backbone
+    from berter.train.run import TrainingRun
 
     torch.set_num_threads(args.threads)
     base = Config(
@@ -161,8 +162,8 @@ def replay(
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
-    from berter.search import Param, SearchSpace
-    from berter.searcher import asha, make_searcher
+    from berter.sweep.searcher import asha, make_searcher
+    from berter.sweep.space import Param, SearchSpace
 
     epochs = len(next(iter(scores.values())))
     params = [

@@ -36,11 +36,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from berter.data import Task  # noqa: E402
+from berter.checkpoint import run_from_checkpoint  # noqa: E402
 from berter.errors import ArgumentParser, ConfigError, one_line_errors, positive_int  # noqa: E402
-from berter.infer import run_from_checkpoint  # noqa: E402
 from berter.metrics import dev_score, task_metric  # noqa: E402
-from berter.train import Evaluation, TrainingRun  # noqa: E402
+from berter.tasks import Task  # noqa: E402
+from berter.train.run import Evaluation, TrainingRun  # noqa: E402
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from berter.config import Config  # noqa: E402
 from berter.errors import ArgumentParser, one_line_errors, positive_float, positive_int  # noqa: E402
-from berter.train import train_and_evaluate  # noqa: E402
+from berter.train.run import train_and_evaluate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 RUNS = {  # row label -> axis values

@@ -98,8 +98,8 @@ def direct(configs_file: str, data_dir: str | None, threads: int) -> None:
     import torch
 
     from berter.config import Config
-    from berter.data import load_data_for
-    from berter.train import TrainingRun
+    from berter.data.files import load_data_for
+    from berter.train.run import TrainingRun
 
     torch.set_num_threads(threads)
     configs = json.loads(Path(configs_file).read_text())

@@ -48,10 +48,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from berter.config import Config  # noqa: E402
-from berter.data import get_tokenizer, load_data, packaged_model_path  # noqa: E402
+from berter.data.encode import get_tokenizer, packaged_model_path  # noqa: E402
+from berter.data.files import load_data  # noqa: E402
 from berter.errors import ArgumentParser, one_line_errors, positive_int  # noqa: E402
-from berter.model import load_backbone  # noqa: E402
-from berter.train import TrainingRun  # noqa: E402
+from berter.model.multi_exit import load_backbone  # noqa: E402
+from berter.train.run import TrainingRun  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 

@@ -21,7 +21,7 @@ DEFAULT_DATA = "../shared/data/cs224n"
 def fit_seconds(data_dir: str, max_train: int, threads: int) -> float:
     """Train one epoch in the calling thread; seconds of training (no set-up, no eval)."""
     from berter.config import Config
-    from berter.train import TrainingRun
+    from berter.train.run import TrainingRun
 
     cfg = Config(
         data_dir=data_dir,
@@ -57,7 +57,7 @@ def main() -> int:
     if args.quick:
         args.max_train, args.repeats = 200, 1
 
-    from berter.data import check
+    from berter.data.files import check
 
     check(args.data_dir)  # a bad data directory fails here, before Ray starts
     import ray

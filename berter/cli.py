@@ -16,11 +16,11 @@ import importlib
 import sys
 
 COMMANDS = {
-    "sweep": ("berter.sweep", "run a hyperparameter sweep (Ray Tune + Optuna)"),
-    "report": ("berter.report", "comparison report of a sweep's results"),
+    "sweep": ("berter.sweep.tuner", "run a hyperparameter sweep (Ray Tune + Optuna)"),
+    "report": ("berter.report.build", "comparison report of a sweep's results"),
     "infer": ("berter.infer", "early-exit inference from a saved checkpoint"),
-    "data": ("berter.data", "download or check task data"),
-    "train": ("berter.train", "train and evaluate one configuration"),
+    "data": ("berter.data.files", "download or check task data"),
+    "train": ("berter.train.cli", "train and evaluate one configuration"),
 }
 
 

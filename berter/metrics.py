@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from berter.data import Task
+from berter.tasks import Task
 
 
 def predict(
@@ -64,13 +64,3 @@ def dev_score(metrics: dict[str, float], tasks: dict[str, Task]) -> float:
     vals = [normalised(tasks[name], v) for name, v in metrics.items()]
     vals = [v for v in vals if not math.isnan(v)]
     return float(sum(vals) / len(vals)) if vals else float("nan")
-
-
-# column names of the three CS224N metrics in results; other tasks use "<task>_<metric>"
-METRIC_COLUMN = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_corr"}
-
-
-def metric_column(task: Task) -> str:
-    return METRIC_COLUMN.get(
-        task.name, f"{task.name}_{'corr' if task.metric == 'pearson' else 'acc'}"
-    )

@@ -8,7 +8,7 @@ layers, a strategy answers two questions for the training loop:
   the parameters that are trainable (None = all) and whether the last exit may teach the
   others (``cfg.exit_distill``).
 ``end_epoch(epoch, dev_score)`` lets a strategy react to validation (smart alternating).
-A new strategy is one class here plus one entry in ``STRATEGIES``.
+A new strategy is one class here, decorated with ``@STRATEGIES.register(name)``.
 
 Strategies (papers: DeeBERT / BERxiT for two_stage and alternating, BERTer for smart_alt and
 Sequential Layer Focus):
@@ -41,6 +41,9 @@ from torch import nn
 
 from berter.config import Config
 from berter.errors import ConfigError
+from berter.registry import Registry
+
+STRATEGIES = Registry("strategy")  # filled by @STRATEGIES.register below
 
 
 @dataclass(frozen=True)
@@ -122,12 +125,14 @@ class Strategy:
         pass
 
 
+@STRATEGIES.register("final")
 class Final(Strategy):
     """Only L_n: the baseline; intermediate heads stay untrained."""
 
     name = "final"
 
 
+@STRATEGIES.register("joint")
 class Joint(Strategy):
     """Sum of L_i over all exits at every step."""
 
@@ -137,6 +142,7 @@ class Joint(Strategy):
         return StepPlan(exits=tuple(range(self.n)))
 
 
+@STRATEGIES.register("two_stage")
 class TwoStage(Strategy):
     """DeeBERT's two stages: keep the final layer's quality, then fit the other exits to it.
 
@@ -175,6 +181,7 @@ class TwoStage(Strategy):
         return StepPlan(exits=tuple(range(self.n - 1)), trainable=self.stage2)
 
 
+@STRATEGIES.register("alternating")
 class Alternating(Strategy):
     """BERxiT: L_n on even steps, sum of L_i on odd steps; the step count restarts each epoch.
 
@@ -193,6 +200,7 @@ class Alternating(Strategy):
         return StepPlan(exits=tuple(range(self.n)))
 
 
+@STRATEGIES.register("smart_alt")
 class SmartAlternating(Strategy):
     """BERTer's Smart Alternating: one objective per epoch, switched by validation.
 
@@ -292,18 +300,9 @@ class SequentialLayerFocus(Strategy):
         self.inner.load_state_dict(state.get("inner", {}))
 
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "final": Final,
-    "joint": Joint,
-    "two_stage": TwoStage,
-    "alternating": Alternating,
-    "smart_alt": SmartAlternating,
-}
-
-
 def build_strategy(cfg: Config, model: nn.Module) -> Strategy:
     """The configured strategy for this model, wrapped in SLF when ``cfg.slf == "on"``."""
-    strategy = STRATEGIES[cfg.strategy](cfg, model)
+    strategy = STRATEGIES.get_class(cfg.strategy)(cfg, model)
     if cfg.slf == "on":
         strategy = SequentialLayerFocus(strategy, cfg, model)
     return strategy

@@ -28,6 +28,9 @@ from typing import Any
 
 from berter.config import AXES, CONCAT_VALUES, COS_VALUES, SLF_VALUES, SMART_VALUES, Config
 from berter.errors import ConfigError
+from berter.exits.base import EXIT_METHODS
+from berter.strategies import STRATEGIES
+from berter.tasks import TASKS
 
 EARLY_EXIT = "berter"  # the hybrid exit method (confidence + LTE), registered in berter.exits
 
@@ -117,9 +120,6 @@ PRESET_BY_SLUG = {slug(name): name for name in PAPER_PRESETS}
 
 def axis_values() -> dict[str, list[str]]:
     """Allowed values of every axis, strategies and exit methods from their registries."""
-    from berter.exits import EXIT_METHODS
-    from berter.strategies import STRATEGIES
-
     return {
         "smart": list(SMART_VALUES),
         "cos_loss": list(COS_VALUES),
@@ -130,11 +130,39 @@ def axis_values() -> dict[str, list[str]]:
     }
 
 
+def check(cfg: Config) -> Config:
+    """Reject a config whose fields conflict, or whose strategy or exit method is not registered.
+
+    ``Config.validate`` checks each field alone; this is the check across fields, run wherever
+    a config becomes a run (``TrainingRun``, the sweep's plan, ``apply_variant``). Returns
+    ``cfg`` so that it reads as ``run(check(cfg))``.
+    """
+    strategy = STRATEGIES.get_class(cfg.strategy)
+    EXIT_METHODS.get_class(cfg.exit_method)
+    if cfg.strategy == "final" and cfg.exit_method != "none":
+        raise ConfigError(
+            f"exit_method={cfg.exit_method} conflicts with strategy=final: "
+            "intermediate exit heads would be untrained"
+        )
+    if cfg.smart == "para" and "para" not in cfg.tasks:
+        raise ConfigError("smart=para needs the para task in tasks")
+    if cfg.cos_loss == "on" and cfg.concat == "before_embed":
+        raise ConfigError(
+            "concat=before_embed conflicts with cos_loss=on: "
+            "siamese pairs are encoded separately, never concatenated"
+        )
+    known = [TASKS[t] for t in cfg.tasks if t in TASKS]
+    if cfg.cos_loss == "on" and known and not any(t.is_pair for t in known):
+        raise ConfigError("cos_loss=on needs a sentence-pair task (e.g. para or sts) in tasks")
+    strategy.check_config(cfg)
+    return cfg
+
+
 def validate_axes(axes: dict[str, str], base: Config | None = None) -> Config:
     """The config of ``base`` (defaults if None) with these axes; raises ConfigError if invalid."""
     values = (base or Config()).to_dict()
     values.update({k: axes[k] for k in AXES})
-    return Config.from_dict(values)
+    return check(Config.from_dict(values))
 
 
 def is_valid(axes: dict[str, str]) -> bool:
@@ -163,7 +191,7 @@ def _tagged(axes: dict[str, str]) -> dict[str, str]:
 
 
 def all_variants() -> list[dict[str, str]]:
-    """Every valid combination of the axes (invalid ones are rejected by ``Config.validate``)."""
+    """Every valid combination of the axes (invalid ones are rejected by ``check``)."""
     values = axis_values()
     combos = (dict(zip(AXES, combo, strict=True)) for combo in itertools.product(*values.values()))
     return [_tagged(axes) for axes in combos if is_valid(axes)]

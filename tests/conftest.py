@@ -18,7 +18,7 @@ def tiny_model(tmp_path_factory) -> str:
     from tiny import tiny_backbone
     from transformers import AutoTokenizer
 
-    from berter.data import packaged_model_path
+    from berter.data.encode import packaged_model_path
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tiny_backbone(layers=3).save_pretrained(path)

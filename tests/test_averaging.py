@@ -2,11 +2,11 @@ import pytest
 import torch
 from tiny import straight_and_resumed, tiny_backbone, tiny_config
 
-from berter.averaging import WeightAverage
 from berter.errors import ConfigError
-from berter.search import parse_search, parse_settings
-from berter.train import TrainingRun
-from berter.trainable import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from berter.sweep.space import parse_search, parse_settings
+from berter.sweep.trainable import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from berter.train.averaging import WeightAverage
+from berter.train.run import TrainingRun
 
 
 def params(module: torch.nn.Module) -> list[torch.Tensor]:

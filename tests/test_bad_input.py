@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import berter.sweep
-from berter.sweep import SWEEP_FILE
-from berter.sweep import main as sweep_main
-from berter.trainable import FAULT_ENV
+import berter.sweep.tuner
+from berter.sweep.trainable import FAULT_ENV
+from berter.sweep.tuner import SWEEP_FILE
+from berter.sweep.tuner import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {
@@ -256,7 +256,7 @@ def check_one_line(rc: int, out: str, err: str, message: str) -> None:
 def no_early_ray(monkeypatch):
     """In-process cases check without starting Ray (seconds each); the script cases below
     run the real sweep, which starts Ray during the late checks and stops it on an error."""
-    monkeypatch.setattr(berter.sweep, "early_ray", lambda started: None)
+    monkeypatch.setattr(berter.sweep.tuner, "early_ray", lambda started: None)
 
 
 @pytest.mark.parametrize("case", sorted(set(CASES) - SUBPROCESS))
@@ -303,14 +303,14 @@ def test_malformed_test_fault_variable_is_a_user_error(tmp_path, capsys, monkeyp
 
 def test_a_valid_data_directory_passes_the_same_checks(tmp_path):
     """The cases above fail because of what they break, not because the fixture is invalid."""
-    from berter.data import check
+    from berter.data.files import check
 
     assert check(data_dir(tmp_path)) == {t: {"train": 8, "dev": 8} for t in FILES}
 
 
 def test_set_and_range_reach_the_plan(tmp_path):
     """The clean way to fix or bound a name: --set and --range (the counterpart of the cases)."""
-    from berter.sweep import build_parser, make_plan
+    from berter.sweep.tuner import build_parser, make_plan
 
     argv = demo(tmp_path, "--set", "batch=8", "--set", "dropout=0.1", "--range", "lr=1e-5:1e-3")
     plan, _ = make_plan(build_parser().parse_args([*argv, "--search", "lr,optimizer"]))
@@ -328,7 +328,7 @@ def test_set_fixes_config_fields_that_are_not_searched(tmp_path):
     """--set reaches any plain Config field, typed by its annotation (str, bool, int, float,
     None)."""
     from berter.config import Config
-    from berter.sweep import build_parser, make_plan
+    from berter.sweep.tuner import build_parser, make_plan
 
     sets = ["task_order=proportional", "amp=off", "calib_max=200", "grad_clip=0.5"]
     sets += ["exit_threshold=none", "pooling=cls"]
@@ -351,9 +351,9 @@ def test_set_fixes_config_fields_that_are_not_searched(tmp_path):
     [
         ("berter.infer", ["ckpt", "data.csv", "--batch-size", "x"], "invalid int value: 'x'"),
         ("berter.infer", [], "required: checkpoint, datafile"),
-        ("berter.report", ["--nope"], "required: results"),
-        ("berter.data", ["fetch"], "invalid choice: 'fetch'"),
-        ("berter.data", ["check"], "required: dir"),
+        ("berter.report.build", ["--nope"], "required: results"),
+        ("berter.data.files", ["fetch"], "invalid choice: 'fetch'"),
+        ("berter.data.files", ["check"], "required: dir"),
     ],
 )
 def test_every_command_line_reports_a_malformed_option_in_one_line(module, argv, message, capsys):
@@ -384,8 +384,8 @@ def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys,
         seen["check thread"] = threading.current_thread()
         return check_model(model)
 
-    monkeypatch.setattr(berter.sweep, "start_ray", spy_start)
-    monkeypatch.setattr(berter.sweep, "_check_model", spy_check)
+    monkeypatch.setattr(berter.sweep.tuner, "start_ray", spy_start)
+    monkeypatch.setattr(berter.sweep.tuner, "_check_model", spy_check)
     assert not ray.is_initialized()
     argv = empty_model_dir(tmp_path)
     before = snapshot(tmp_path)

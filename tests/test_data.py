@@ -15,22 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from berter import data
-from berter.data import (
-    TASKS,
-    Batch,
-    EncodedSplit,
-    Example,
-    encode,
-    find_layout,
-    get_tokenizer,
-    load_data,
-    make_batches,
-    multitask_schedule,
-    read_task,
-)
-from berter.demo import SENTIMENT_WORDS, demo_examples
+from berter.data import files as data
+from berter.data.demo import SENTIMENT_WORDS, demo_examples
+from berter.data.encode import EncodedSplit, encode, get_tokenizer, make_batches, multitask_schedule
+from berter.data.files import find_layout, load_data, read_task
 from berter.errors import ConfigError, DataError
+from berter.tasks import TASKS, Batch, Example
 
 REAL = Path(__file__).resolve().parents[2] / "shared/data/cs224n"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no real data at {REAL}")

@@ -3,13 +3,13 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_backbone, tiny_config
 
-from berter.data import TASKS
 from berter.errors import ConfigError
-from berter.losses import distill_loss
-from berter.model import ExitOutput
-from berter.search import parse_search, parse_settings
+from berter.model.losses import distill_loss
+from berter.model.multi_exit import ExitOutput
 from berter.strategies import StepPlan
-from berter.train import TrainingRun
+from berter.sweep.space import parse_search, parse_settings
+from berter.tasks import TASKS
+from berter.train.run import TrainingRun
 
 
 def out(logits: torch.Tensor) -> ExitOutput:

@@ -6,14 +6,11 @@ import pytest
 import torch
 from tiny import tiny_backbone, tiny_config
 
-from berter.data import TASKS, Example, encode, get_tokenizer, make_batches
-from berter.exits import (
-    EXIT_METHODS,
+from berter.data.encode import encode, get_tokenizer, make_batches
+from berter.exits.base import ExitContext
+from berter.exits.calibration import (
     Curve,
-    ExitContext,
-    QExit,
     as_param,
-    build_exit_method,
     choose,
     choose_per_layer,
     describe,
@@ -21,9 +18,11 @@ from berter.exits import (
     simulate,
     thresholds_from_metrics,
 )
-from berter.losses import task_loss
-from berter.model import ExitOutput, MultiExitBert
-from berter.train import Evaluation, TaskEval
+from berter.exits.rules import EXIT_METHODS, QExit, build_exit_method
+from berter.model.losses import task_loss
+from berter.model.multi_exit import ExitOutput, MultiExitBert
+from berter.tasks import TASKS, Example
+from berter.train.run import Evaluation, TaskEval
 
 SST, PARA, STS = TASKS["sst"], TASKS["para"], TASKS["sts"]
 
@@ -191,7 +190,8 @@ def tiny_model_and_batches():
 
 def build(name: str, tasks):
     cfg = tiny_config(strategy="joint", exit_method=name)
-    return cfg, MultiExitBert.from_config(cfg, tasks, backbone=tiny_backbone())
+    return cfg, MultiExitBert.from_config(cfg, tasks, backbone=tiny_backbone(),
+        exit_module=build_exit_method(cfg).build_module)
 
 
 @pytest.mark.parametrize("name", ["lte", "qexit", "berter"])
@@ -248,7 +248,8 @@ def test_qexit_on_a_single_trained_exit_is_the_plain_task_loss(tiny_model_and_ba
 def test_qexit_kl_vanishes_when_halting_matches_the_prior(tiny_model_and_batches):
     tasks, batches = tiny_model_and_batches
     cfg = tiny_config(strategy="joint", exit_method="qexit", qexit_prior=0.1, qexit_beta=0.5)
-    model = MultiExitBert.from_config(cfg, tasks, backbone=tiny_backbone())
+    model = MultiExitBert.from_config(cfg, tasks, backbone=tiny_backbone(),
+        exit_module=build_exit_method(cfg).build_module)
     model.exit_module = constant_lambda_module(0.1, hidden=32)
     m = build_exit_method(cfg)
     batch = batches["sst"]

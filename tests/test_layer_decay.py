@@ -3,8 +3,8 @@ import torch
 from tiny import straight_and_resumed, tiny_backbone, tiny_config
 
 from berter.errors import ConfigError
-from berter.search import parse_search, parse_settings
-from berter.train import TrainingRun
+from berter.sweep.space import parse_search, parse_settings
+from berter.train.run import TrainingRun
 
 
 def lr_of(run: TrainingRun) -> dict[int, float]:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from berter.data import TASKS
-from berter.metrics import dev_score, metric_column, pearson, predict
+from berter.metrics import dev_score, pearson, predict
+from berter.tasks import TASKS, metric_column
 
 CS224N = {name: TASKS[name] for name in ("sst", "para", "sts")}
 

@@ -2,9 +2,11 @@ import pytest
 import torch
 from tiny import tiny_backbone, tiny_config
 
-from berter.data import TASKS, Example, encode, get_tokenizer, make_batches
+from berter.data.encode import encode, get_tokenizer, make_batches
 from berter.errors import ConfigError
-from berter.model import MultiExitBert, load_backbone
+from berter.exits.rules import build_exit_method
+from berter.model.multi_exit import MultiExitBert, load_backbone
+from berter.tasks import TASKS, Example
 
 PAIRS = [
     Example("a", "a cat sat on the mat", "the cat is sitting on a mat", 1),
@@ -24,7 +26,8 @@ def batch_for(task_name: str, layout: str):
 def model_for(**overrides) -> MultiExitBert:
     cfg = tiny_config(**overrides)
     tasks = [TASKS[t] for t in cfg.tasks]
-    model = MultiExitBert.from_config(cfg, tasks, backbone=tiny_backbone())
+    model = MultiExitBert.from_config(cfg, tasks, backbone=tiny_backbone(),
+        exit_module=build_exit_method(cfg).build_module)
     return model.eval()
 
 

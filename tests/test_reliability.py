@@ -32,10 +32,9 @@ from tiny import tiny_config
 
 from berter.config import AXES
 from berter.errors import ConfigError
-from berter.results import FILES, ResultsWriter, read_results
-from berter.search import Variant
-from berter.sweep import main as sweep_main
-from berter.trainable import (
+from berter.sweep.space import Variant
+from berter.sweep.store import FILES, ResultsWriter, read_results
+from berter.sweep.trainable import (
     CHECKPOINT_FILE,
     FAULT_DIR,
     FAULT_ENV,
@@ -43,6 +42,7 @@ from berter.trainable import (
     claim_fault,
     faults_from_env,
 )
+from berter.sweep.tuner import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.2

@@ -14,8 +14,8 @@ import pytest
 from matplotlib.image import imread
 from results_fixture import REPEATED, synthetic_results, write_results
 
-from berter import report as rp
 from berter.config import AXES
+from berter.report import build as rp
 from berter.variants import PAPER_TABLE2
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ import pytest
 from tiny import tiny_config
 
 from berter.config import AXES
-from berter.results import (
+from berter.sweep.space import Variant
+from berter.sweep.store import (
     EXIT_SCHEMA,
     ResultsWriter,
     Store,
@@ -22,8 +23,7 @@ from berter.results import (
     to_table,
     trial_schema,
 )
-from berter.search import Variant
-from berter.trainable import Sweep
+from berter.sweep.trainable import Sweep
 
 AXES_DEFAULT = {a: getattr(tiny_config(), a) for a in AXES}
 VARIANT = Variant(AXES_DEFAULT, "Baseline")
@@ -191,7 +191,7 @@ def test_schema_fixes_column_types_even_for_missing_values():
 
 def test_every_field_a_sweep_can_search_or_fix_is_a_trials_column():
     """What --search or --set can change per sweep is recorded per trial."""
-    from berter.search import FIXED_ONLY, SPACE
+    from berter.sweep.space import FIXED_ONLY, SPACE
 
     columns = set(trial_schema().names)
     assert {p.field for p in SPACE} | set(FIXED_ONLY) <= columns

@@ -4,8 +4,8 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from berter.search import Param, SearchSpace, finite_points, space_size
-from berter.searcher import asha, make_searcher, reduction_factor
+from berter.sweep.searcher import asha, make_searcher, reduction_factor
+from berter.sweep.space import Param, SearchSpace, finite_points, space_size
 
 BATCH = Param("batch", "batch_size", "choice", choices=(16, 32))
 LR = Param("lr", "lr", "loguniform", 1e-5, 1e-3)
@@ -110,7 +110,7 @@ def test_asha_is_gentler_on_short_runs_unless_told_otherwise():
 
 
 def test_a_sweep_asking_for_more_trials_than_its_space_has_runs_each_configuration_once(tmp_path):
-    from berter.sweep import build_parser, make_plan
+    from berter.sweep.tuner import build_parser, make_plan
 
     one = "smart=off,cos=off,slf=off,strategy=joint,exit=none,concat=after"
     argv = ["--data", "demo", "--results", str(tmp_path), "--variants", one, "--search", "batch",

@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import siamese_blend  # noqa: E402
 
-from berter.data import get_task  # noqa: E402
+from berter.tasks import get_task  # noqa: E402
 
 
 def brute_force_best_accuracy(score: np.ndarray, gold: np.ndarray) -> float:
@@ -61,8 +61,8 @@ def test_blend_on_a_tiny_checkpoint_prints_a_table_and_a_headline(
 ):
     from tiny import tiny_config
 
-    from berter.infer import save_model
-    from berter.train import TrainingRun
+    from berter.checkpoint import save_model
+    from berter.train.run import TrainingRun
 
     run = TrainingRun(tiny_config(model=tiny_model, concat=concat))
     run.fit()
@@ -80,8 +80,8 @@ def test_blend_on_a_tiny_checkpoint_prints_a_table_and_a_headline(
 def test_checkpoint_without_a_pair_task_is_a_one_line_error(tmp_path, tiny_model, capsys):
     from tiny import tiny_config
 
-    from berter.infer import save_model
-    from berter.train import TrainingRun
+    from berter.checkpoint import save_model
+    from berter.train.run import TrainingRun
 
     run = TrainingRun(tiny_config(model=tiny_model, tasks=("sst",)))
     save_model(run, tmp_path / "ckpt", {"sst": None})
@@ -94,8 +94,8 @@ def test_checkpoint_without_a_pair_task_is_a_one_line_error(tmp_path, tiny_model
 def test_checkpoint_without_a_calibration_slice_is_a_one_line_error(tmp_path, tiny_model, capsys):
     from tiny import tiny_config
 
-    from berter.infer import save_model
-    from berter.train import TrainingRun
+    from berter.checkpoint import save_model
+    from berter.train.run import TrainingRun
 
     run = TrainingRun(tiny_config(model=tiny_model, calib_fraction=0.0))
     save_model(run, tmp_path / "ckpt", {"sst": None, "para": None, "sts": None})

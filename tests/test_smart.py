@@ -5,16 +5,20 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_backbone, tiny_config
 
-from berter import smart
-from berter.data import TASKS, encode, get_tokenizer, load_data, make_batches
-from berter.model import ExitOutput, MultiExitBert
-from berter.smart import adversarial_noise, divergence, smart_loss
+from berter.data.encode import encode, get_tokenizer, make_batches
+from berter.data.files import load_data
+from berter.exits.rules import build_exit_method
+from berter.model.multi_exit import ExitOutput, MultiExitBert
+from berter.tasks import TASKS
+from berter.train import smart
+from berter.train.smart import adversarial_noise, divergence, smart_loss
 
 
 def setup(task: str, **overrides):
     """A tiny model in eval mode (no dropout noise) and one demo batch of ``task``."""
     cfg = tiny_config(strategy="joint", smart="all", **overrides)
-    model = MultiExitBert.from_config(cfg, [TASKS[t] for t in cfg.tasks], backbone=tiny_backbone())
+    model = MultiExitBert.from_config(cfg, [TASKS[t] for t in cfg.tasks], backbone=tiny_backbone(),
+        exit_module=build_exit_method(cfg).build_module)
     data = load_data(None, [task], max_train=8, seed=0, calib_fraction=0.0)
     t = TASKS[task]
     layout = cfg.pair_layout if t.is_pair else "packed"
@@ -121,7 +125,7 @@ def test_regression_and_siamese_exits_use_mse():
 
 
 def test_training_adds_smart_only_to_the_configured_task(monkeypatch):
-    from berter.train import TrainingRun
+    from berter.train.run import TrainingRun
 
     seen = []
     real = smart.smart_loss

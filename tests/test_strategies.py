@@ -8,12 +8,12 @@ import torch
 from tiny import tiny_backbone, tiny_config
 
 from berter.config import CONCAT_VALUES, COS_VALUES, SLF_VALUES, SMART_VALUES
-from berter.data import load_data
+from berter.data.files import load_data
 from berter.errors import ConfigError
-from berter.exits import EXIT_METHODS
+from berter.exits.rules import EXIT_METHODS
 from berter.strategies import STRATEGIES, SequentialLayerFocus, build_strategy
-from berter.sweep import main_epochs
-from berter.train import TrainingRun
+from berter.sweep.tuner import main_epochs
+from berter.train.run import TrainingRun
 
 TASKS = ("sst", "para", "sts")
 

@@ -16,9 +16,9 @@ import ray
 from ray import tune
 
 from berter.cli import main as berter_main
-from berter.results import read_results
-from berter.sweep import SWEEP_FILE, build_parser
-from berter.sweep import main as sweep_main
+from berter.sweep.store import read_results
+from berter.sweep.tuner import SWEEP_FILE, build_parser
+from berter.sweep.tuner import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL_COLUMNS = [
@@ -199,7 +199,7 @@ def test_planning_a_sweep_leaves_the_modelling_code_to_the_trials(tmp_path):
 
 
 def test_help_lists_every_searchable_name():
-    from berter.search import SPACE
+    from berter.sweep.space import SPACE
 
     text = build_parser().format_help()
     for p in SPACE:

@@ -3,8 +3,8 @@ import torch
 from tiny import tiny_backbone, tiny_config
 
 from berter.errors import ConfigError
-from berter.search import parse_settings
-from berter.train import TrainingRun
+from berter.sweep.space import parse_settings
+from berter.train.run import TrainingRun
 
 
 def first_batch_losses(cfg) -> dict[str, float]:

@@ -13,7 +13,8 @@ import pytest
 import torch
 from tiny import SHARED_DATA, tiny_backbone, tiny_config
 
-from berter.train import TrainingRun, main, train_and_evaluate
+from berter.train.cli import main
+from berter.train.run import TrainingRun, train_and_evaluate
 
 
 def weights(run: TrainingRun) -> dict[str, torch.Tensor]:
@@ -177,7 +178,7 @@ def test_training_reads_tensors_on_the_host_a_fixed_number_of_times_per_epoch(
 
 def test_evaluation_reads_tensors_on_the_host_a_fixed_number_of_times_per_task(monkeypatch):
     """Outputs stay on the device until a task's last batch: more batches, the same reads."""
-    monkeypatch.setattr("berter.train.EVAL_BATCH", 4)
+    monkeypatch.setattr("berter.train.run.EVAL_BATCH", 4)
 
     def reads(max_dev: int) -> int:
         run = TrainingRun(tiny_config(max_dev=max_dev), backbone=tiny_backbone())
@@ -312,7 +313,7 @@ def test_freed_training_memory_is_reused_without_page_faults():
 
 
 def test_every_training_run_keeps_freed_memory(monkeypatch):
-    import berter.train as train
+    import berter.train.run as train
 
     calls = []
     monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(True) or True)

@@ -8,12 +8,11 @@ import pytest
 import torch
 from tiny import tiny_backbone, tiny_config
 
+from berter.checkpoint import STATE_FILE, WEIGHTS_FILE, load_model
 from berter.config import Config
 from berter.errors import ConfigError
-from berter.infer import STATE_FILE, WEIGHTS_FILE, load_model
-from berter.search import Variant
-from berter.train import TrainingRun
-from berter.trainable import (
+from berter.sweep.space import Variant
+from berter.sweep.trainable import (
     CHECKPOINT_FILE,
     Sweep,
     Trial,
@@ -22,6 +21,7 @@ from berter.trainable import (
     save_checkpoint,
     to_plain,
 )
+from berter.train.run import TrainingRun
 
 SLF_ALT = {
     "smart": "off",
@@ -224,7 +224,7 @@ def test_reset_config_builds_the_next_trial_in_the_same_worker(tiny_model):
 def test_reset_config_frees_the_finished_run_before_building_the_next(tiny_model, monkeypatch):
     import weakref
 
-    from berter import train
+    from berter.train import run as train
 
     trial = make_trial(tiny_model)({"lr": 2e-3})
     trial.step()

@@ -5,14 +5,14 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_backbone, tiny_config
 
-from berter import exits
 from berter.config import AXES, Config, variant_name
-from berter.data import TASKS
 from berter.errors import ConfigError
-from berter.losses import task_loss
+from berter.exits import rules as exits
 from berter.metrics import predict
-from berter.model import mean_pool
-from berter.train import TrainingRun
+from berter.model.losses import task_loss
+from berter.model.multi_exit import mean_pool
+from berter.tasks import TASKS
+from berter.train.run import TrainingRun
 from berter.variants import (
     PAPER_PRESETS,
     PAPER_TABLE2,

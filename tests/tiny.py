@@ -11,7 +11,7 @@ from transformers import BertConfig, BertModel
 from berter.config import Config
 
 if TYPE_CHECKING:
-    from berter.train import TrainingRun
+    from berter.train.run import TrainingRun
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cs224n"
 
@@ -51,8 +51,8 @@ def tiny_config(**overrides) -> Config:
 def straight_and_resumed(cfg: Config, directory: Path) -> tuple[TrainingRun, TrainingRun]:
     """A two-epoch run, and the same run checkpointed after its first epoch into
     ``directory`` and resumed in a fresh model with other weights: they should agree."""
-    from berter.train import TrainingRun
-    from berter.trainable import load_checkpoint, save_checkpoint
+    from berter.sweep.trainable import load_checkpoint, save_checkpoint
+    from berter.train.run import TrainingRun
 
     straight = TrainingRun(cfg, backbone=tiny_backbone())
     straight.fit()

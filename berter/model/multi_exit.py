@@ -15,7 +15,7 @@ Pair tasks are fed in one of three ways:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +26,9 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.utils import logging as hf_logging
 
 from berter.config import DEFAULT_MODEL, Config, layers_after_drop
-from berter.data import Batch, Task, packaged_model_path
+from berter.data.encode import packaged_model_path
 from berter.errors import ConfigError
+from berter.tasks import Batch, Task
 
 
 @dataclass
@@ -125,11 +126,18 @@ class MultiExitBert(nn.Module):
     # ------------------------------------------------------------------ building
     @classmethod
     def from_config(
-        cls, cfg: Config, tasks: list[Task], backbone: BertModel | None = None
+        cls,
+        cfg: Config,
+        tasks: list[Task],
+        backbone: BertModel | None = None,
+        exit_module: Callable[[int, list[Task]], nn.Module | None] | None = None,
     ) -> MultiExitBert:
-        """Load (or take) the backbone, apply dropout and drop_top, attach heads."""
-        from berter.exits import build_exit_method
+        """Load (or take) the backbone, apply dropout and drop_top, attach heads.
 
+        ``exit_module(hidden_size, tasks)`` builds the exit method's own module (LTE, Q-exit:
+        ``ExitMethod.build_module``); the exit method lives in a layer above the model, so the
+        caller hands its builder down.
+        """
         if backbone is None:
             backbone = load_backbone(cfg.model, cfg.dropout)
         else:
@@ -138,7 +146,6 @@ class MultiExitBert(nn.Module):
         if cfg.drop_top:
             backbone.encoder.layer = backbone.encoder.layer[:left]
             backbone.config.num_hidden_layers = left
-        method = build_exit_method(cfg)
         return cls(
             backbone,
             tasks,
@@ -146,7 +153,7 @@ class MultiExitBert(nn.Module):
             concat=cfg.concat,
             cos_loss=cfg.cos_loss,
             pooling=cfg.pooling,
-            exit_module=method.build_module(backbone.config.hidden_size, tasks),
+            exit_module=exit_module(backbone.config.hidden_size, tasks) if exit_module else None,
         )
 
     @property

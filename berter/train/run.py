@@ -26,26 +26,27 @@ import torch
 from torch import nn
 from transformers import BertModel, get_linear_schedule_with_warmup
 
-from berter.averaging import WeightAverage
 from berter.config import Config
-from berter.data import (
-    Batch,
+from berter.data.encode import (
     EncodedSplit,
-    MultitaskData,
-    Task,
     encode,
     get_tokenizer,
-    load_data_for,
     make_batches,
     mix_orders,
     multitask_schedule,
     swapped,
 )
-from berter.exits import ExitMethod, build_exit_method
-from berter.losses import distill_loss
-from berter.metrics import dev_score, metric_column, predict, task_metric
-from berter.model import MultiExitBert
+from berter.data.files import MultitaskData, load_data_for
+from berter.exits.base import ExitMethod
+from berter.exits.calibration import operating_point
+from berter.exits.rules import build_exit_method
+from berter.metrics import dev_score, predict, task_metric
+from berter.model.losses import distill_loss
+from berter.model.multi_exit import MultiExitBert
 from berter.strategies import StepPlan, build_strategy
+from berter.tasks import Batch, Task, metric_column
+from berter.train.averaging import WeightAverage
+from berter.variants import check
 
 EVAL_BATCH = 64
 
@@ -150,6 +151,7 @@ class TrainingRun:
         log: Callable[[str], None] | None = None,
     ):
         cfg.validate()
+        check(cfg)
         self.cfg = cfg
         self.log = log or (lambda msg: None)
         self.device = torch.device(device) if device is not None else pick_device(cfg.device)
@@ -173,12 +175,14 @@ class TrainingRun:
                 self.encoded[task.name]["train_swapped"] = encode(
                     swapped(splits.train), task, self.tokenizer, cfg.max_len, layout
                 )
-        self.model = MultiExitBert.from_config(cfg, self.tasks, backbone).to(self.device)
+        self.method = build_exit_method(cfg)
+        self.model = MultiExitBert.from_config(
+            cfg, self.tasks, backbone, exit_module=self.method.build_module
+        ).to(self.device)
         if cfg.compile:
             self.forward = torch.compile(self.model)
         else:
             self.forward = self.model
-        self.method = build_exit_method(cfg)
         self.strategy = build_strategy(cfg, self.model)
         self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.epoch = 0  # epochs completed
@@ -317,7 +321,7 @@ class TrainingRun:
                 task, outs, batch.labels, plan.exits, self.model.exit_module
             )
             if self.cfg.smart == "all" or (self.cfg.smart == "para" and task.name == "para"):
-                from berter.smart import smart_loss
+                from berter.train.smart import smart_loss
 
                 loss = loss + self.cfg.smart_lambda * smart_loss(
                     self.model, batch, outs, plan.exits, self.cfg
@@ -439,22 +443,9 @@ class TrainingRun:
             acc = ((cos[None, :] > cands[:, None]).numpy() == gold[None, :]).mean(1)
             self.model.cos_threshold[i] = float(cands[int(acc.argmax())])
 
-    def exit_metrics(self, dev: Evaluation, speed_examples: int = 0) -> dict[str, Any]:
-        """Early-exit operating point and trade-off tables (from berter.exits).
-
-        ``speed_examples`` > 0 also times real early-exit inference on that many dev examples
-        per task (``speedup_wall``, ``speedup_wall_b32``): expensive, for the end of training.
-        """
-        from berter import exits
-
-        row = exits.operating_point(self, dev)
-        if speed_examples > 0:
-            from berter.infer import speed_metrics
-
-            names = [t.name for t in self.tasks]
-            thresholds = exits.thresholds_from_metrics(row, names)
-            row.update(speed_metrics(self, thresholds, speed_examples))
-        return row
+    def exit_metrics(self, dev: Evaluation) -> dict[str, Any]:
+        """Early-exit operating point and trade-off tables (berter.exits.calibration)."""
+        return operating_point(self, dev)
 
     def metrics(self, dev: Evaluation) -> dict[str, Any]:
         """The flat metric dict reported per epoch (and written to the results)."""
@@ -558,65 +549,3 @@ def train_and_evaluate(
         "variant": cfg.variant,
         "data_source": run.data.source,
     }
-
-
-def _parse_bool(text: str) -> bool:
-    import argparse
-
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _field_parser():
-    """argparse options generated from the Config fields (one source of truth); a bad option
-    is a one-line ConfigError, like every other user error."""
-    import dataclasses
-    import typing
-
-    from berter.errors import RaisingArgumentParser
-
-    parser = RaisingArgumentParser(
-        prog="python -m berter.train",
-        description="Train and evaluate one configuration; prints its metrics as JSON.",
-    )
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        if f.name == "test_fault":
-            continue
-        hint = str(hints[f.name])
-        kind = int if "int" in hint else float if "float" in hint else str
-        if "bool" in hint:
-            kind = _parse_bool
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=kind,
-            default=None,
-            help=f"default: {f.default!r}",
-        )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    import json
-    import sys
-
-    from berter.errors import BerterError
-
-    try:
-        parsed = vars(_field_parser().parse_args(argv))
-        cfg = Config.from_dict({k: v for k, v in parsed.items() if v is not None})
-        result = train_and_evaluate(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except BerterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, default=float))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

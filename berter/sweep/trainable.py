@@ -41,7 +41,7 @@ from ray import tune
 
 from berter.config import Config
 from berter.errors import ConfigError
-from berter.search import Variant
+from berter.sweep.space import Variant
 
 CHECKPOINT_FILE = "state.pt"
 META_FILE = "trial.json"
@@ -154,7 +154,7 @@ def save_checkpoint(
     ``optimizer=False`` leaves out the optimiser and schedule (AdamW's two moments: twice the
     model's size) and the raw weights behind a weight average: a checkpoint of the last epoch
     is only ever read for its (evaluated) weights."""
-    from berter.infer import save_model
+    from berter.checkpoint import save_model
 
     directory = Path(directory)
     state = run.state_dict()
@@ -204,7 +204,7 @@ def measure_speedup(run: Any, threads: int) -> dict[str, float]:
     """
     if run.cfg.exit_method == "none":
         return {"speedup_wall": 1.0, "speedup_wall_b32": 1.0}
-    from berter.infer import speed_metrics
+    from berter.exits.engine import speed_metrics
 
     row = speed_metrics(run, max_examples=SPEEDUP_EXAMPLES, threads=threads, repeats=2)
     return {k: float(row[k]) for k in ("speedup_wall", "speedup_wall_b32") if k in row}
@@ -260,7 +260,7 @@ class Trial(tune.Trainable):
 
     def start(self, config: dict[str, Any]) -> None:
         """Build this trial's TrainingRun (model, encoded data, optimiser to come)."""
-        from berter.train import TrainingRun
+        from berter.train.run import TrainingRun
 
         self.setup_started = time.perf_counter()
         sweep = self.sweep
@@ -318,7 +318,7 @@ class Trial(tune.Trainable):
         return {**result, "should_checkpoint": True, "done": run.finished}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        from berter.exits import thresholds_from_metrics
+        from berter.exits.calibration import thresholds_from_metrics
 
         thresholds = thresholds_from_metrics(self.report.metrics, list(self.run.cfg.tasks))
         meta = {**self.meta, "epoch": self.run.epoch}

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 
-from berter.data import Example
 from berter.errors import DataError
+from berter.tasks import Example
 
 SIZES = {"train": 400, "dev": 120}
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from berter.config import Config
-from berter.data import Batch
-from berter.model import ExitOutput, MultiExitBert
+from berter.model.multi_exit import ExitOutput, MultiExitBert
+from berter.tasks import Batch
 
 NORM_EPS = 1e-6  # keeps the infinity-norm rescaling finite for an all-zero token
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from berter.config import Config
 from berter.errors import BerterError, ConfigError, RaisingArgumentParser
-from berter.search import (
+from berter.sweep.space import (
     BY_NAME,
     FIXED_ONLY,
     Param,
@@ -242,7 +242,7 @@ class Plan:
 
 def _default_data_dir(tasks: tuple[str, ...]) -> str | None:
     """./data when it holds every requested task, else None (the demo set)."""
-    from berter.data import find_layout
+    from berter.data.files import find_layout
 
     local = Path("data")
     if local.is_dir() and set(tasks) <= set(find_layout(local)):
@@ -255,7 +255,7 @@ def _check_model(model: str) -> int:
     from transformers import AutoConfig
 
     from berter.config import DEFAULT_MODEL
-    from berter.data import get_tokenizer, packaged_model_path
+    from berter.data.encode import get_tokenizer, packaged_model_path
 
     path = packaged_model_path() if model == DEFAULT_MODEL else model
     looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/")
@@ -289,7 +289,7 @@ def main_epochs(cfg: Config, num_layers: int) -> int:
 
 
 def _results_dir(results: str, name: str) -> str:
-    from berter.results import is_uri
+    from berter.sweep.store import is_uri
 
     if is_uri(results):
         return results.rstrip("/") + "/" + name
@@ -297,7 +297,7 @@ def _results_dir(results: str, name: str) -> str:
 
 
 def _check_writable(directory: str) -> None:
-    from berter.results import is_uri
+    from berter.sweep.store import is_uri
 
     if is_uri(directory):
         import pyarrow.fs as pafs
@@ -316,7 +316,7 @@ def _check_writable(directory: str) -> None:
 
 
 def _latest_sweep(results: str) -> str:
-    from berter.results import is_uri
+    from berter.sweep.store import is_uri
 
     if is_uri(results):
         raise ConfigError("--resume with an s3:// / gs:// --results needs --name")
@@ -328,7 +328,7 @@ def _latest_sweep(results: str) -> str:
 
 
 def resume_plan(args: argparse.Namespace) -> Plan:
-    from berter.results import Store
+    from berter.sweep.store import Store
 
     name = args.name or _latest_sweep(args.results)
     directory = _results_dir(args.results, name)
@@ -394,8 +394,8 @@ def _resolve_plan(
     objective: list[str],
 ) -> tuple[Plan, Any]:
     """The part of :func:`make_plan` that imports the heavy libraries and reads files."""
-    from berter.data import load_data_for
-    from berter.results import Store
+    from berter.data.files import load_data_for
+    from berter.sweep.store import Store
 
     searched_axes = [BY_NAME[p.name].field for p in params if p.kind == "axis"]
     directory = _results_dir(args.results, name)
@@ -610,9 +610,9 @@ def build_tuner(
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from berter.results import ResultsWriter
-    from berter.searcher import asha, make_searcher
-    from berter.trainable import FAULT_DIR, Sweep, trainable_with_resources
+    from berter.sweep.searcher import asha, make_searcher
+    from berter.sweep.store import ResultsWriter
+    from berter.sweep.trainable import FAULT_DIR, Sweep, trainable_with_resources
 
     variants = plan.variant_objs
     faults = injected_faults(plan)
@@ -680,8 +680,8 @@ def build_tuner(
 def injected_faults(plan: Plan) -> tuple[str, ...]:
     """BERTER_TEST_FAULT's entries (test-only, see berter.trainable); they need a local results
     directory, where the trials claim them."""
-    from berter.results import is_uri
-    from berter.trainable import FAULT_ENV, faults_from_env
+    from berter.sweep.store import is_uri
+    from berter.sweep.trainable import FAULT_ENV, faults_from_env
 
     faults = faults_from_env()
     if faults and is_uri(plan.directory):
@@ -691,7 +691,7 @@ def injected_faults(plan: Plan) -> tuple[str, ...]:
 
 def disk_usage(directory: str) -> int:
     """Bytes under a sweep's results directory (local or s3:// / gs://)."""
-    from berter.results import Store
+    from berter.sweep.store import Store
 
     store = Store(directory)
     if store.local is not None:
@@ -715,7 +715,7 @@ def summary(plan: Plan) -> tuple[str, bool]:
     """The end-of-sweep text (best trials or Pareto front) and whether the sweep finished."""
     import pandas as pd
 
-    from berter.results import pareto_front, read_results
+    from berter.sweep.store import pareto_front, read_results
 
     trials = read_results(plan.directory)["trials"]
     done = trials[trials.status.isin(["terminated", "stopped-early", "diverged", "error"])]
@@ -759,7 +759,7 @@ def run(
 ) -> int:
     from ray.tune import Tuner
 
-    from berter.results import Store
+    from berter.sweep.store import Store
 
     store = Store(plan.directory)
     restorable = resume and Tuner.can_restore(plan.storage)
@@ -834,7 +834,7 @@ def main(
                 ]
             else:
                 plan.notes = []
-            from berter.data import load_data_for
+            from berter.data.files import load_data_for
 
             with data_warnings():  # already noted when the sweep started
                 data = load_data_for(Config.from_dict(plan.base))

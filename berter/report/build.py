@@ -204,7 +204,7 @@ def _paper_table() -> dict[str, dict[str, Any]]:
 def _log_scale_params() -> set[str]:
     """Config fields a sweep searches on a log scale (from the search space table)."""
     try:
-        from berter.search import SPACE
+        from berter.sweep.space import SPACE
     except ImportError:
         return {"lr", "lte_lr", "lambda_lr", "smart_lambda", "smart_step", "smart_eps"}
     return {p.field for p in SPACE if p.kind == "loguniform"}
@@ -212,7 +212,7 @@ def _log_scale_params() -> set[str]:
 
 def _choice_params() -> set[str]:
     try:
-        from berter.search import SPACE
+        from berter.sweep.space import SPACE
     except ImportError:
         return {"batch_size", "optimizer"}
     return {p.field for p in SPACE if p.kind == "choice"}

@@ -40,8 +40,7 @@ import pyarrow.parquet as pq
 from ray import tune
 
 from berter.config import AXES, Config
-from berter.data import TASKS
-from berter.metrics import metric_column
+from berter.tasks import TASKS, metric_column
 
 F64, I64, STR, BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 TS = pa.timestamp("us", tz="UTC")

@@ -1,0 +1,1 @@
+"""Data: task files in (files), token batches out (encode), and a built-in demo set (demo)."""

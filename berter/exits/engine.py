@@ -1,0 +1,266 @@
+"""Early-exit inference: run the encoder one layer at a time and really stop.
+At batch size 1 an example returns as soon as its exit rule fires. In a batch, exited rows
+are dropped (``EncoderState.select``) and only the remaining rows go through the next layer.
+The rule is the exit method's own ``signal`` / ``fires`` (berter.exits), the same code the
+post-hoc trade-off tables simulate, so both give the same exit layer per example.
+``full=True`` runs every example to the last layer and computes only the last exit: the
+plain model, the baseline of the wall-clock speedup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from berter.data.encode import EncodedSplit, make_batches
+from berter.exits.base import (
+    ExitContext,
+    ExitMethod,
+    Param,
+    Thresholds,
+    layer_param,
+    never_exits,
+    select_state,
+)
+from berter.exits.calibration import calibrate
+from berter.metrics import task_metric
+from berter.model.multi_exit import MultiExitBert
+from berter.tasks import Batch, Task
+
+
+# ----------------------------------------------------------------------------- engine
+@dataclass
+class ExitRun:
+    """Predictions and exit layers of one pass over a split, in the split's order."""
+
+    preds: np.ndarray
+    exit_layers: np.ndarray  # 1-based
+    seconds: float
+    layer_rows: int  # examples pushed through encoder layers, summed over all layer calls
+
+    @property
+    def avg_exit_layer(self) -> float:
+        return float(self.exit_layers.mean()) if len(self.exit_layers) else float("nan")
+
+
+def sample(enc: EncodedSplit, max_examples: int | None, seed: int = 0) -> EncodedSplit:
+    """A seeded random ``max_examples`` of an encoded split, in the split's order (all for None).
+
+    Random rather than the first ones: a file's first examples need not exit like the rest
+    (on one full-data model the first 150 Quora dev pairs exit 0.25 layers later on average
+    than all 4,000), and a speedup timed on them would not be the split's. Drawn with numpy
+    rather than load_data's ``random.Random`` subset: the sample the timings in
+    BENCHMARKS.md were taken on.
+    """
+    if max_examples is None or max_examples >= len(enc):
+        return enc
+    k = max(0, int(max_examples))
+    keep = np.sort(np.random.default_rng(seed).choice(len(enc), size=k, replace=False))
+
+    def pick(rows: list | None) -> list | None:
+        return None if rows is None else [rows[i] for i in keep]
+
+    return dataclasses.replace(
+        enc,
+        ids_a=pick(enc.ids_a),
+        ids_b=pick(enc.ids_b),
+        type_ids=pick(enc.type_ids),
+        labels=pick(enc.labels),
+    )
+
+
+def prepare(enc: EncodedSplit, batch_size: int, device: torch.device | str) -> list[Batch]:
+    """Padded batches on the device, built before any timing starts."""
+    return [b.to(device) for b in make_batches(enc, batch_size, shuffle=False, seed=0)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def exit_batch(
+    model: MultiExitBert,
+    method: ExitMethod,
+    ctx: ExitContext,
+    batch: Batch,
+    param: Param,
+    full: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One batch through the encoder, dropping rows as they exit.
+
+    Returns (rows, predictions, 0-based exit layers, layer rows computed); rows are
+    positions in the batch. A layer where nothing can exit (a per-layer param of None)
+    skips its exit head, unless the method's signal carries state from layer to layer.
+    """
+    n = model.num_layers
+    full = full or never_exits(param)
+    state = model.embed(batch)
+    alive = torch.arange(len(batch), device=batch.input_ids.device)
+    sig_state: dict[str, torch.Tensor] = {}
+    rows, preds, layers = [], [], []
+    computed = 0
+    for i in range(n):
+        state = model.layer(i, state)
+        computed += alive.numel()
+        at = layer_param(param, i)
+        if i < n - 1 and (full or (at is None and not method.stateful)):
+            continue
+        out = model.exit(i, ctx.task.name, state)
+        if i == n - 1:
+            rows.append(alive)
+            preds.append(ctx.predict(i, out.logits))
+            layers.append(torch.full_like(alive, i))
+            break
+        sig, sig_state = method.signal(ctx, i, out, sig_state)
+        fire = method.fires(sig, at)
+        fired = int(fire.sum())
+        if fired == 0:
+            continue
+        if fired == alive.numel():
+            rows.append(alive)
+            preds.append(ctx.predict(i, out.logits))
+            layers.append(torch.full_like(alive, i))
+            break
+        rows.append(alive[fire])
+        preds.append(ctx.predict(i, out.logits[fire]))
+        layers.append(torch.full_like(rows[-1], i))
+        keep = (~fire).nonzero().squeeze(1)
+        state = state.select(keep)
+        sig_state = select_state(sig_state, keep)
+        alive = alive[keep]
+    return torch.cat(rows), torch.cat(preds), torch.cat(layers), computed
+
+
+@torch.inference_mode()
+def run_exits(
+    model: MultiExitBert,
+    method: ExitMethod,
+    batches: list[Batch],
+    task: Task,
+    param: Param,
+    full: bool = False,
+) -> ExitRun:
+    """Early-exit (or full) inference over prepared batches, timed with perf_counter."""
+    model.eval()
+    ctx = ExitContext.from_model(model, task)
+    device = next(model.parameters()).device
+    results = []
+    computed = 0
+    _sync(device)
+    start = time.perf_counter()
+    for batch in batches:
+        rows, preds, layers, calls = exit_batch(model, method, ctx, batch, param, full)
+        results.append((batch.index[rows], preds, layers))
+        computed += calls
+    _sync(device)
+    seconds = time.perf_counter() - start
+    if not results:
+        return ExitRun(np.zeros(0), np.zeros(0, dtype=np.int64), seconds, 0)
+    index = torch.cat([r[0] for r in results]).cpu().numpy()
+    preds = torch.cat([r[1] for r in results]).cpu().numpy()
+    layers = torch.cat([r[2] for r in results]).cpu().numpy()
+    order = np.argsort(index, kind="stable")  # back to the split's order
+    return ExitRun(preds[order], layers[order].astype(np.int64) + 1, seconds, computed)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with a fixed intra-op thread count (restored afterwards), for comparable timings."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure_speedup(
+    model: MultiExitBert,
+    method: ExitMethod,
+    enc: EncodedSplit,
+    thresholds: Thresholds | Param,
+    batch_size: int,
+    *,
+    max_examples: int | None = None,
+    repeats: int = 3,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """Wall-clock early exit vs. the full model on the same examples, in this process.
+
+    Both modes get a warmup pass, then ``repeats`` interleaved timed passes each; the fastest
+    pass of each mode counts. Runs under ``torch.inference_mode`` with ``threads`` threads.
+    """
+    task = enc.task
+    param = thresholds.get(task.name) if isinstance(thresholds, dict) else thresholds
+    enc = sample(enc, max_examples)
+    device = next(model.parameters()).device
+    batches = prepare(enc, batch_size, device)
+    labels = np.asarray(enc.labels, dtype=np.float64)
+    with torch_threads(threads):
+        warm = batches[: max(1, 32 // max(batch_size, 1))]
+        run_exits(model, method, warm, task, param)
+        run_exits(model, method, warm, task, param, full=True)
+        early = full = None
+        for _ in range(max(1, repeats)):
+            e = run_exits(model, method, batches, task, param)
+            f = run_exits(model, method, batches, task, param, full=True)
+            early = e if early is None or e.seconds < early.seconds else early
+            full = f if full is None or f.seconds < full.seconds else full
+    n = model.num_layers
+    return {
+        "task": task.name,
+        "examples": len(enc),
+        "batch_size": batch_size,
+        "threshold": param,
+        "metric_full": task_metric(task, full.preds, labels) if len(labels) else float("nan"),
+        "metric_exit": task_metric(task, early.preds, labels) if len(labels) else float("nan"),
+        "avg_exit_layer": early.avg_exit_layer,
+        "layers_saved": 1.0 - early.avg_exit_layer / n,
+        "seconds_full": full.seconds,
+        "seconds_exit": early.seconds,
+        "speedup": full.seconds / early.seconds if early.seconds > 0 else float("nan"),
+    }
+
+
+def speed_metrics(
+    run: Any,
+    thresholds: Thresholds | None = None,
+    max_examples: int = 200,
+    *,
+    split: str = "dev",
+    threads: int | None = 1,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """Measured wall-clock speedups of a TrainingRun at batch 1 and 32 on capped dev examples.
+
+    Expensive (it times real inference), so it is meant for the end of training, not every
+    epoch. Keys: ``<task>_speedup_wall``, ``<task>_speedup_wall_b32``, and overall
+    ``speedup_wall`` / ``speedup_wall_b32`` (total full time over total early-exit time).
+    """
+    thresholds = thresholds if thresholds is not None else calibrate(run)
+    row: dict[str, Any] = {}
+    for batch_size, suffix in ((1, ""), (32, "_b32")):
+        full = early = 0.0
+        for task in run.tasks:
+            enc = run.encoded[task.name][split]
+            res = measure_speedup(
+                run.model, run.method, enc, thresholds, batch_size,
+                max_examples=max_examples, repeats=repeats, threads=threads,
+            )  # fmt: skip
+            row[f"{task.name}_speedup_wall{suffix}"] = res["speedup"]
+            full += res["seconds_full"]
+            early += res["seconds_exit"]
+        row[f"speedup_wall{suffix}"] = full / early if early > 0 else float("nan")
+    return row
+
+
+

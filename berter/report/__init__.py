@@ -1,0 +1,1 @@
+"""The comparison report of a sweep: tables, figures and their renderings."""

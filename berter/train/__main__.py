@@ -1,0 +1,5 @@
+"""`python -m berter.train`."""
+
+from berter.train.cli import main
+
+raise SystemExit(main())
