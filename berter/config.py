@@ -8,7 +8,10 @@ a flat dict of these field names, so ``Config.from_dict`` is the only bridge.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,7 @@ TASK_ORDERS = ("round_robin", "proportional")
 POOLING = ("mean", "cls")
 
 AXES = ("smart", "cos_loss", "concat", "slf", "strategy", "exit_method")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")  # spellings of a bool
 
 
 @dataclass
@@ -219,6 +223,46 @@ class Config:
         if self.cos_loss == "on" or self.concat == "after_embed":
             return "separate"
         return "packed"
+
+
+@functools.cache
+def field_types() -> dict[str, tuple[type, bool]]:
+    """Each Config field's value type (int, float, bool, str, or tuple for a list of names)
+    and whether it may be None, read from the annotations: the one description of a field's
+    type that the command lines and the results schema use."""
+    out = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        args = typing.get_args(hint) if union else (hint,)
+        (kind,) = [a for a in args if a is not type(None)]
+        out[name] = (typing.get_origin(kind) or kind, type(None) in args)
+    return out
+
+
+def parse_field(name: str, raw: str) -> Any:
+    """A command-line value for Config field ``name``, as its annotated type: true/false
+    spellings for a bool, a finite number, a whole one for an int, comma-separated names for
+    a tuple, "none" where the field may be None. A ConfigError says what was wanted; the
+    caller names the option."""
+    kind, optional = field_types()[name]
+    text = raw.strip()
+    if optional and text.lower() == "none":
+        return None
+    if kind is bool:
+        if text.lower() in TRUE + FALSE:
+            return text.lower() in TRUE
+        raise ConfigError(f"{raw!r} is not one of true, false")
+    if kind is str:
+        return raw
+    if kind is tuple:
+        return tuple(t.strip() for t in raw.split(",") if t.strip())
+    try:
+        value = float(text)
+        if not math.isfinite(value) or (kind is int and not value.is_integer()):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return int(value) if kind is int else value
 
 
 def layers_after_drop(cfg: Config, num_layers: int) -> int:

@@ -346,6 +346,22 @@ def test_set_fixes_config_fields_that_are_not_searched(tmp_path):
     assert Config.from_dict(plan.base).task_order == "proportional"
 
 
+def test_the_sweep_and_the_training_command_line_read_a_field_with_one_parser(capsys):
+    """berter.config.parse_field types a value by the field's annotation for both."""
+    from berter.config import parse_field
+    from berter.errors import ConfigError
+    from berter.sweep.space import parse_settings
+    from berter.train.cli import main as train_main
+
+    assert parse_field("amp", "Off") is False and parse_field("calib_max", "2e2") == 200
+    assert parse_field("exit_threshold", "none") is None and parse_field("lr", "2e-5") == 2e-5
+    assert parse_field("tasks", "sst, sts") == ("sst", "sts") and parse_field("pooling", "cls")
+    assert train_main(["--calib-max", "1.5"]) == 2
+    assert "--calib-max: '1.5' is not an integer" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--set calib_max: '1.5' is not an integer"):
+        parse_settings(["calib_max=1.5"], [])
+
+
 @pytest.mark.parametrize(
     ("module", "argv", "message"),
     [

@@ -225,8 +225,9 @@ def test_cli_rejects_a_bad_value_with_one_line_and_exit_2(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--amp", "maybe"], "--amp: expected true or false, got 'maybe'"),
-        (["--lr", "fast"], "--lr: invalid float value"),
+        (["--amp", "maybe"], "--amp: 'maybe' is not one of true, false"),
+        (["--lr", "fast"], "--lr: 'fast' is not a number"),
+        (["--epochs", "1.5"], "--epochs: '1.5' is not an integer"),
         (["--warp", "9"], "unrecognized arguments: --warp"),
     ],
 )

@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from berter.config import AXES, OPTIMIZERS, Config, variant_name
+from berter.config import AXES, OPTIMIZERS, Config, parse_field, variant_name
 from berter.errors import ConfigError
 
 # The BERTer paper's best setting (section 5.2). ``Config`` differs on purpose for lr only:
@@ -156,7 +156,6 @@ FIXED_ONLY: dict[str, dataclasses.Field] = {
     for f in dataclasses.fields(Config)
     if f.name not in NOT_SETTABLE and f.name not in {p.field for p in SPACE}
 }
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def _settable(item: str, option: str) -> tuple[Param, str]:
@@ -174,48 +173,12 @@ def _settable(item: str, option: str) -> tuple[Param, str]:
     return param, value.strip()
 
 
-def _typed_field(name: str, raw: str) -> Any:
-    """A --set value for a fixed-only field, as the type its annotation names."""
-    kind = str(FIXED_ONLY[name].type).replace(" ", "")
-    if kind.endswith("|None") and raw.lower() == "none":
-        return None
-    kind = kind.removesuffix("|None")
-    if kind == "bool":
-        if raw.lower() in TRUE + FALSE:
-            return raw.lower() in TRUE
-        raise ConfigError(f"--set {name}: {raw!r} is not one of true, false")
-    if kind == "str":
-        return raw
-    try:
-        value = float(raw)
-        if not math.isfinite(value) or (kind == "int" and not value.is_integer()):
-            raise ValueError
-    except ValueError:
-        want = "an integer" if kind == "int" else "a number"
-        raise ConfigError(f"--set {name}: {raw!r} is not {want}") from None
-    return int(value) if kind == "int" else value
-
-
 def _typed(param: Param, raw: str, option: str) -> Any:
-    """A --set / --range value as the Config field's type."""
-    if param.kind == "fixed":
-        return _typed_field(param.field, raw)
-    kind = type(param.choices[0]) if param.kind == "choice" else None
+    """A --set / --range value as the type of the Config field it sets."""
     try:
-        if param.kind == "int" or kind is int:
-            value = float(raw)
-            if not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind is str:
-            return raw
-        value = float(raw)
-        if not math.isfinite(value):
-            raise ValueError
-        return value
-    except ValueError:
-        want = "an integer" if param.kind == "int" or kind is int else "a number"
-        raise ConfigError(f"{option} {param.name}: {raw!r} is not {want}") from None
+        return parse_field(param.field, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{option} {param.name}: {exc}") from None
 
 
 def parse_settings(items: list[str] | None, searched: list[Param]) -> dict[str, Any]:

@@ -7,22 +7,28 @@ from berter.config import Config
 from berter.train.run import train_and_evaluate
 
 
-def _parse_bool(text: str) -> bool:
+def _field_option(name: str):
+    """The argparse type of Config field ``name``: ``berter.config.parse_field``, whose
+    ConfigError argparse reports as a malformed option."""
     import argparse
 
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    from berter.config import parse_field
+    from berter.errors import ConfigError
+
+    def parse(text: str):
+        try:
+            return parse_field(name, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
 
 
 def _field_parser():
     """argparse options generated from the Config fields (one source of truth); a bad option
     is a one-line ConfigError, like every other user error."""
     import dataclasses
-    import typing
 
     from berter.errors import RaisingArgumentParser
 
@@ -30,18 +36,13 @@ def _field_parser():
         prog="python -m berter.train",
         description="Train and evaluate one configuration; prints its metrics as JSON.",
     )
-    hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         if f.name == "test_fault":
             continue
-        hint = str(hints[f.name])
-        kind = int if "int" in hint else float if "float" in hint else str
-        if "bool" in hint:
-            kind = _parse_bool
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=kind,
+            type=_field_option(f.name),
             default=None,
             help=f"default: {f.default!r}",
         )
