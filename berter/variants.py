@@ -1,9 +1,10 @@
 """Variants: named points on the six technique axes, the BERTer paper's presets, and selection.
 
-A variant is a dict of the axes in ``berter.config.AXES`` (smart, cos_loss, concat, slf,
-strategy, exit_method), optionally with a ``"preset"`` name. Strategies and exit methods are
-read from their registries, so a new one shows up in :func:`all_variants` and in filters as
-soon as it is registered.
+A :class:`Variant` is a value on each axis of ``berter.config.AXES`` (smart, cos_loss,
+concat, slf, strategy, exit_method) and, when it is a row of the paper's Table 2, that row's
+name (``preset``); the sweep, its trials and its results use this one type. Strategies and
+exit methods are read from their registries, so a new one shows up in :func:`all_variants`
+and in filters as soon as it is registered.
 
 Mapping of the paper's Table 2 rows (section 4) to axes, and why:
 - "Early Exiting" is the hybrid exit method ``berter`` (confidence threshold for
@@ -24,9 +25,18 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from berter.config import AXES, CONCAT_VALUES, COS_VALUES, SLF_VALUES, SMART_VALUES, Config
+from berter.config import (
+    AXES,
+    CONCAT_VALUES,
+    COS_VALUES,
+    SLF_VALUES,
+    SMART_VALUES,
+    Config,
+    variant_name,
+)
 from berter.errors import ConfigError
 from berter.exits.base import EXIT_METHODS
 from berter.strategies import STRATEGIES
@@ -118,6 +128,54 @@ def slug(name: str) -> str:
 PRESET_BY_SLUG = {slug(name): name for name in PAPER_PRESETS}
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A point on the six axes, and the paper row it is (``preset``), if it is one."""
+
+    axes: dict[str, str]  # exactly the AXES, in their order
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "axes", {k: self.axes[k] for k in AXES})
+
+    @property
+    def name(self) -> str:
+        """The stable short name: the ``variant`` column and the searcher's choice."""
+        return variant_name(self.axes)
+
+    @property
+    def slug(self) -> str:
+        """Filesystem- and terminal-friendly name (trial names): the paper row, or the axes
+        that differ from ``Config``'s defaults."""
+        if self.preset:
+            return slug(self.preset).replace("+", "-")
+        defaults = Config()
+        parts = [
+            f"{k.replace('_method', '')}-{v.replace('_embed', '')}"
+            for k, v in self.axes.items()
+            if getattr(defaults, k) != v
+        ]
+        return "_".join(parts) or "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        """For sweep.json."""
+        return {"axes": dict(self.axes), "preset": self.preset}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        return cls(dict(d["axes"]), d.get("preset"))
+
+    @classmethod
+    def of(cls, axes: dict[str, str]) -> Variant:
+        """The variant with these axes, tagged with its paper row if it is one."""
+        return cls(axes, preset_of(axes))
+
+
+def default_variant() -> Variant:
+    """``Config``'s default axes."""
+    return Variant.of({k: getattr(Config(), k) for k in AXES})
+
+
 def axis_values() -> dict[str, list[str]]:
     """Allowed values of every axis, strategies and exit methods from their registries."""
     return {
@@ -182,23 +240,15 @@ def preset_of(axes: dict[str, str]) -> str | None:
     return None
 
 
-def _tagged(axes: dict[str, str]) -> dict[str, str]:
-    out = {k: axes[k] for k in AXES}
-    name = preset_of(out)
-    if name is not None:
-        out["preset"] = name
-    return out
-
-
-def all_variants() -> list[dict[str, str]]:
+def all_variants() -> list[Variant]:
     """Every valid combination of the axes (invalid ones are rejected by ``check``)."""
     values = axis_values()
     combos = (dict(zip(AXES, combo, strict=True)) for combo in itertools.product(*values.values()))
-    return [_tagged(axes) for axes in combos if is_valid(axes)]
+    return [Variant.of(axes) for axes in combos if is_valid(axes)]
 
 
-def preset(name: str) -> dict[str, str]:
-    """One paper row by name (case-insensitive) or slug, validated, with its "preset" key."""
+def preset(name: str) -> Variant:
+    """One paper row by name (case-insensitive) or slug, validated."""
     key = slug(name)
     if key not in PRESET_BY_SLUG:
         known = ", ".join(repr(slug(n)) for n in PAPER_PRESETS)
@@ -208,7 +258,7 @@ def preset(name: str) -> dict[str, str]:
         validate_axes(PAPER_PRESETS[row])
     except ConfigError as exc:
         raise ConfigError(f"preset {row!r} is not available: {exc}") from None
-    return {**PAPER_PRESETS[row], "preset": row}
+    return Variant(PAPER_PRESETS[row], row)
 
 
 def parse_filter(spec: str) -> dict[str, set[str]]:
@@ -241,7 +291,7 @@ def parse_filter(spec: str) -> dict[str, set[str]]:
     return wanted
 
 
-def select_variants(spec: str) -> list[dict[str, str]]:
+def select_variants(spec: str) -> list[Variant]:
     """Variants named by a spec, for ``sweeps/run.py --variants``.
 
     - ``"paper"``: the twelve Table 2 rows, in order;
@@ -251,8 +301,7 @@ def select_variants(spec: str) -> list[dict[str, str]]:
     - a filter over all valid combinations: ``"smart=para,exit=lte"`` (keys: the axis names,
       ``cos``, ``exit``; ``|`` separates alternatives: ``"strategy=joint|alternating"``).
 
-    Each variant is a dict of the axes, plus ``"preset"`` when it is a paper row; drop that key
-    (or use :func:`apply_variant`) before building a Config.
+    Each variant carries its paper row in ``preset`` when it is one.
     """
     text = spec.strip()
     if not text:
@@ -264,12 +313,14 @@ def select_variants(spec: str) -> list[dict[str, str]]:
     if "=" not in text:
         return [preset(name) for name in text.split(",") if name.strip()]
     wanted = parse_filter(text)
-    chosen = [v for v in all_variants() if all(v[k] in allowed for k, allowed in wanted.items())]
+    chosen = [
+        v for v in all_variants() if all(v.axes[k] in allowed for k, allowed in wanted.items())
+    ]
     if not chosen:
         raise ConfigError(f"variant filter {spec!r} matches no variant")
     return chosen
 
 
-def apply_variant(base: Config, variant: dict[str, str]) -> Config:
-    """``base`` with a variant's axes (ignores the "preset" key), validated."""
-    return validate_axes(variant, base)
+def apply_variant(base: Config, variant: Variant) -> Config:
+    """``base`` with a variant's axes, validated."""
+    return validate_axes(variant.axes, base)

@@ -32,7 +32,6 @@ from tiny import tiny_config
 
 from berter.config import AXES
 from berter.errors import ConfigError
-from berter.sweep.space import Variant
 from berter.sweep.store import FILES, ResultsWriter, read_results
 from berter.sweep.trainable import (
     CHECKPOINT_FILE,
@@ -43,6 +42,7 @@ from berter.sweep.trainable import (
     faults_from_env,
 )
 from berter.sweep.tuner import main as sweep_main
+from berter.variants import Variant
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.2

@@ -11,7 +11,6 @@ import pytest
 from tiny import tiny_config
 
 from berter.config import AXES
-from berter.sweep.space import Variant
 from berter.sweep.store import (
     EXIT_SCHEMA,
     ResultsWriter,
@@ -24,6 +23,7 @@ from berter.sweep.store import (
     trial_schema,
 )
 from berter.sweep.trainable import Sweep
+from berter.variants import Variant
 
 AXES_DEFAULT = {a: getattr(tiny_config(), a) for a in AXES}
 VARIANT = Variant(AXES_DEFAULT, "Baseline")

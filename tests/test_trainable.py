@@ -11,7 +11,6 @@ from tiny import tiny_backbone, tiny_config
 from berter.checkpoint import STATE_FILE, WEIGHTS_FILE, load_model
 from berter.config import Config
 from berter.errors import ConfigError
-from berter.sweep.space import Variant
 from berter.sweep.trainable import (
     CHECKPOINT_FILE,
     Sweep,
@@ -22,6 +21,7 @@ from berter.sweep.trainable import (
     to_plain,
 )
 from berter.train.run import TrainingRun
+from berter.variants import Variant
 
 SLF_ALT = {
     "smart": "off",

@@ -16,9 +16,11 @@ from berter.train.run import TrainingRun
 from berter.variants import (
     PAPER_PRESETS,
     PAPER_TABLE2,
+    Variant,
     all_variants,
     apply_variant,
     axis_values,
+    check,
     select_variants,
     slug,
 )
@@ -89,7 +91,7 @@ def test_each_preset_sets_exactly_the_axes_its_row_name_says():
 def test_presets_are_distinct_and_validate_once_the_hybrid_exit_is_registered(with_berter):
     assert len({tuple(a.values()) for a in PAPER_PRESETS.values()}) == 12
     chosen = select_variants("paper")
-    assert [v["preset"] for v in chosen] == TABLE2_ORDER
+    assert [v.preset for v in chosen] == TABLE2_ORDER
     for v in chosen:
         apply_variant(Config(), v)
 
@@ -97,7 +99,16 @@ def test_presets_are_distinct_and_validate_once_the_hybrid_exit_is_registered(wi
 def test_presets_needing_the_hybrid_exit_fail_clearly_without_it(without_berter):
     with pytest.raises(ConfigError, match="preset 'Early Exiting' is not available.*berter"):
         select_variants("paper")
-    assert select_variants("baseline") == [{**PAPER_PRESETS["Baseline"], "preset": "Baseline"}]
+    assert select_variants("baseline") == [Variant(PAPER_PRESETS["Baseline"], "Baseline")]
+
+
+def test_a_variants_name_and_slug_are_the_texts_of_results_and_trial_names():
+    full = Variant(PAPER_PRESETS["Full SMART"], "Full SMART")
+    assert full.name == "smart=all,cos=off,concat=after,slf=off,strategy=final,exit=none"
+    assert full.slug == "full_smart"
+    plain = Variant({**PAPER_PRESETS["Baseline"], "strategy": "joint", "exit_method": "entropy"})
+    assert plain.slug == "strategy-joint_exit-entropy" and plain.preset is None
+    assert Variant.from_dict(full.to_dict()) == full  # sweep.json
 
 
 # ------------------------------------------------------------------ enumeration
@@ -109,25 +120,27 @@ def test_all_variants_is_every_valid_combination_of_the_registries():
     for combo in itertools.product(*values.values()):
         axes = dict(zip(AXES, combo, strict=True))
         try:
-            Config(**axes).validate()
+            check(Config(**axes))
         except ConfigError:
             continue
         valid.append(axes)
     got = all_variants()
-    assert [{k: v[k] for k in AXES} for v in got] == valid
+    assert [v.axes for v in got] == valid
     assert len(got) < len(list(itertools.product(*values.values())))  # some are rejected
-    assert len({variant_name(v) for v in got}) == len(got)  # stable names are unique
-    assert {v["strategy"] for v in got} == set(values["strategy"])
+    assert len({variant_name(v.axes) for v in got}) == len(got)  # stable names are unique
+    assert {v.axes["strategy"] for v in got} == set(values["strategy"])
 
 
 def test_a_newly_registered_exit_method_shows_up_in_the_variants(monkeypatch):
     monkeypatch.setitem(exits.EXIT_METHODS, "test_exit", exits.ExitMethod)
     got = select_variants("exit=test_exit")
-    assert got and all(v["exit_method"] == "test_exit" and v["strategy"] != "final" for v in got)
+    assert got and all(
+        v.axes["exit_method"] == "test_exit" and v.axes["strategy"] != "final" for v in got
+    )
 
 
 def test_all_variants_tags_the_paper_rows(with_berter):
-    tagged = [v["preset"] for v in all_variants() if "preset" in v]
+    tagged = [v.preset for v in all_variants() if v.preset]
     assert sorted(tagged) == sorted(PAPER_PRESETS)
 
 
@@ -135,23 +148,23 @@ def test_all_variants_tags_the_paper_rows(with_berter):
 
 
 def test_select_a_preset_by_name_or_slug():
-    expected = [{**PAPER_PRESETS["SLF + Smart Alt"], "preset": "SLF + Smart Alt"}]
+    expected = [Variant(PAPER_PRESETS["SLF + Smart Alt"], "SLF + Smart Alt")]
     for spec in ("SLF + Smart Alt", "slf + smart alt", "slf+smart_alt", "SLF+Smart-Alt"):
         assert select_variants(spec) == expected
     assert slug("Full SMART + Early Exiting") == "full_smart+early_exiting"
-    assert [v["preset"] for v in select_variants("baseline, slf")] == ["Baseline", "SLF"]
+    assert [v.preset for v in select_variants("baseline, slf")] == ["Baseline", "SLF"]
 
 
 def test_select_by_filter_with_aliases_short_values_and_alternatives():
     got = select_variants("smart=para,cos=off,concat=before,strategy=joint|alternating")
     assert got and all(
-        v["smart"] == "para" and v["cos_loss"] == "off" and v["concat"] == "before_embed"
+        (v.axes["smart"], v.axes["cos_loss"], v.axes["concat"]) == ("para", "off", "before_embed")
         for v in got
     )
-    assert {v["strategy"] for v in got} == {"joint", "alternating"}
+    assert {v.axes["strategy"] for v in got} == {"joint", "alternating"}
     assert len(got) == 2 * 2 * len(axis_values()["exit_method"])  # slf x strategy x exit
     assert select_variants("exit=none,strategy=final,smart=off,cos=off,slf=off,concat=after") == [
-        {**PAPER_PRESETS["Baseline"], "preset": "Baseline"}
+        Variant(PAPER_PRESETS["Baseline"], "Baseline")
     ]
 
 
@@ -175,9 +188,7 @@ def test_bad_specs_are_config_errors_naming_the_problem(spec, message):
 
 
 def test_apply_variant_keeps_the_other_fields():
-    cfg = apply_variant(
-        Config(lr=2e-5, epochs=3), {**PAPER_PRESETS["SLF + Smart Alt"], "preset": "x"}
-    )
+    cfg = apply_variant(Config(lr=2e-5, epochs=3), Variant(PAPER_PRESETS["SLF + Smart Alt"], "x"))
     assert (cfg.lr, cfg.epochs, cfg.slf, cfg.strategy) == (2e-5, 3, "on", "smart_alt")
 
 
@@ -195,7 +206,7 @@ def test_apply_variant_keeps_the_other_fields():
 )
 def test_conflicting_axes_are_rejected_naming_the_conflict(axes, named):
     with pytest.raises(ConfigError) as err:
-        Config(**axes).validate()
+        check(Config(**axes))
     assert all(n in str(err.value) for n in named)
 
 

@@ -16,7 +16,7 @@ axes), chosen like this:
   searched axes range over the values they take in the ``--variants`` selection (every
   registered value when ``--variants`` is not given); the other axes keep the values of a
   selected variant (``Config`` defaults when ``--variants`` is not given). Only valid
-  combinations are candidates (``Config.validate``), so a trial never gets, say,
+  combinations are candidates (``berter.variants.check``), so a trial never gets, say,
   ``strategy=final`` with an early-exit method.
 
 The variant reaches the searcher as one categorical parameter, ``variant`` (its short name,
@@ -30,10 +30,13 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from berter.config import AXES, OPTIMIZERS, Config, parse_field, variant_name
+from berter.config import AXES, OPTIMIZERS, Config, parse_field
 from berter.errors import ConfigError
+
+if TYPE_CHECKING:  # berter.variants imports the exit methods (torch): not for --help
+    from berter.variants import Variant
 
 # The BERTer paper's best setting (section 5.2). ``Config`` differs on purpose for lr only:
 # the packaged 6-layer MiniLM backbone learns too slowly at 1.3e-5 within a few epochs, so
@@ -233,45 +236,7 @@ def with_epoch_bound(params: list[Param], max_epochs: int | None) -> list[Param]
 
 
 # ----------------------------------------------------------------------------- variants
-@dataclass(frozen=True)
-class Variant:
-    """A candidate variant: its axis values, short name and paper row (if it is one)."""
-
-    axes: dict[str, str]
-    preset: str | None = None
-
-    @property
-    def name(self) -> str:
-        return variant_name(self.axes)
-
-    @property
-    def slug(self) -> str:
-        """Filesystem- and terminal-friendly name: the paper row, or the non-default axes."""
-        if self.preset:
-            from berter.variants import slug
-
-            return slug(self.preset).replace("+", "-")
-        defaults = Config()
-        parts = [
-            f"{k.replace('_method', '')}-{v.replace('_embed', '')}"
-            for k, v in self.axes.items()
-            if getattr(defaults, k) != v
-        ]
-        return "_".join(parts) or "default"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"axes": dict(self.axes), "preset": self.preset}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Variant:
-        return cls(dict(d["axes"]), d.get("preset"))
-
-
-def _variant(d: dict[str, str]) -> Variant:
-    return Variant({k: d[k] for k in AXES}, d.get("preset"))
-
-
-def _select(spec: str) -> list[dict[str, str]]:
+def _select(spec: str) -> list[Variant]:
     """``select_variants``, but a filter naming one invalid combination says why it is invalid
     (``strategy=final,exit=lte``: the conflict, not just "matches no variant")."""
     from berter.variants import parse_filter, select_variants, validate_axes
@@ -294,32 +259,28 @@ def _select(spec: str) -> list[dict[str, str]]:
 
 def candidate_variants(spec: str | None, searched_axes: list[str], base: Config) -> list[Variant]:
     """The variants a sweep runs over (see the module docstring); each is valid with ``base``."""
-    from berter.variants import all_variants, preset_of
+    from berter.variants import all_variants, default_variant, validate_axes
 
-    default = {k: getattr(Config(), k) for k in AXES}
-    selected = _select(spec) if spec else [{**default}]
+    selected = _select(spec) if spec else [default_variant()]
     if not searched_axes:
         chosen = selected
     else:
         fixed = [a for a in AXES if a not in searched_axes]
-        allowed = {a: {v[a] for v in selected} for a in searched_axes} if spec else None
-        keys = {tuple(v[a] for a in fixed) for v in selected}
+        allowed = {a: {v.axes[a] for v in selected} for a in searched_axes} if spec else None
+        keys = {tuple(v.axes[a] for a in fixed) for v in selected}
         chosen = [
             v
             for v in all_variants()
-            if tuple(v[a] for a in fixed) in keys
-            and (allowed is None or all(v[a] in allowed[a] for a in searched_axes))
+            if tuple(v.axes[a] for a in fixed) in keys
+            and (allowed is None or all(v.axes[a] in allowed[a] for a in searched_axes))
         ]
     out, seen = [], set()
-    for d in chosen:
-        v = _variant(d)
-        if v.preset is None:
-            v = Variant(v.axes, preset_of(v.axes))
+    for v in chosen:
         if v.name in seen:
             continue
         seen.add(v.name)
         try:
-            base.replace(**v.axes)
+            validate_axes(v.axes, base)  # the cross-field checks too
         except ConfigError as exc:
             if not searched_axes:  # a variant the user asked for by name cannot run here
                 raise ConfigError(f"variant {v.preset or v.name}: {exc}") from None

@@ -41,7 +41,7 @@ from ray import tune
 
 from berter.config import Config
 from berter.errors import ConfigError
-from berter.sweep.space import Variant
+from berter.variants import Variant
 
 CHECKPOINT_FILE = "state.pt"
 META_FILE = "trial.json"

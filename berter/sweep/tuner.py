@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from berter.config import Config
 from berter.errors import BerterError, ConfigError, RaisingArgumentParser
@@ -37,7 +37,6 @@ from berter.sweep.space import (
     FIXED_ONLY,
     Param,
     SearchSpace,
-    Variant,
     apply_ranges,
     candidate_variants,
     parse_search,
@@ -47,6 +46,9 @@ from berter.sweep.space import (
     space_size,
     with_epoch_bound,
 )
+
+if TYPE_CHECKING:
+    from berter.variants import Variant
 
 SWEEP_FILE = "sweep.json"
 RAY_DIR = "ray"
@@ -222,6 +224,8 @@ class Plan:
 
     @property
     def variant_objs(self) -> list[Variant]:
+        from berter.variants import Variant
+
         return [Variant.from_dict(v) for v in self.variants]
 
     @property
