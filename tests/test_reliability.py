@@ -37,7 +37,7 @@ from berter.sweep.trainable import (
     CHECKPOINT_FILE,
     FAULT_DIR,
     FAULT_ENV,
-    Sweep,
+    TrialSpec,
     claim_fault,
     faults_from_env,
 )
@@ -402,15 +402,15 @@ def test_rows_of_trials_unknown_to_the_restored_experiment_are_dropped(tmp_path)
     from types import SimpleNamespace
 
     variant = Variant({a: getattr(tiny_config(), a) for a in AXES})
-    sweep = Sweep(tiny_config().to_dict(), [variant])
-    writer = ResultsWriter(str(tmp_path), sweep, "s", ("sst", "para", "sts"), echo=False)
+    spec = TrialSpec(tiny_config().to_dict(), [variant])
+    writer = ResultsWriter(str(tmp_path), spec, "s", ("sst", "para", "sts"), echo=False)
     writer.setup()
     result = {"epoch": 1, "epochs_planned": 2, "dev_score": 0.5, "train_seconds": 1.0}
     for trial_id in ("known", "orphan"):
         trial = SimpleNamespace(trial_id=trial_id, config={"variant": variant.name})
         writer.on_trial_start(0, [], trial)
         writer.on_trial_result(0, [], trial, result)
-    resumed = ResultsWriter(str(tmp_path), sweep, "s", ("sst", "para", "sts"), echo=False)
+    resumed = ResultsWriter(str(tmp_path), spec, "s", ("sst", "para", "sts"), echo=False)
     resumed.setup()
     resumed.on_step_begin(0, [SimpleNamespace(trial_id="known")])
     tables = read_results(tmp_path)
@@ -423,10 +423,10 @@ def test_rows_of_trials_unknown_to_the_restored_experiment_are_dropped(tmp_path)
 def test_faults_are_claimed_once_each_in_start_order(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "raise@2, none ,nan@1:once")
     faults = faults_from_env()
-    sweep = Sweep({}, [], faults=faults, fault_dir=str(tmp_path / FAULT_DIR))
-    assert [claim_fault(sweep, t) for t in ("a", "b", "c", "d")] == ["raise@2", None, "nan@1", None]
+    spec = TrialSpec({}, [], faults=faults, fault_dir=str(tmp_path / FAULT_DIR))
+    assert [claim_fault(spec, t) for t in ("a", "b", "c", "d")] == ["raise@2", None, "nan@1", None]
     # restarts: a persistent fault fires again, a ":once" fault is spent
-    assert claim_fault(sweep, "a") == "raise@2" and claim_fault(sweep, "c") is None
+    assert claim_fault(spec, "a") == "raise@2" and claim_fault(spec, "c") is None
     monkeypatch.setenv(FAULT_ENV, "raise@0")
     with pytest.raises(ConfigError, match="bad entry 'raise@0'"):
         faults_from_env()

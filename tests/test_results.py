@@ -22,7 +22,7 @@ from berter.sweep.store import (
     to_table,
     trial_schema,
 )
-from berter.sweep.trainable import Sweep
+from berter.sweep.trainable import TrialSpec
 from berter.variants import Variant
 
 AXES_DEFAULT = {a: getattr(tiny_config(), a) for a in AXES}
@@ -70,7 +70,7 @@ def result(epoch: int, dev: float, **extra) -> dict:
 def writer(root) -> ResultsWriter:
     w = ResultsWriter(
         str(root),
-        Sweep(tiny_config().to_dict(), [VARIANT]),
+        TrialSpec(tiny_config().to_dict(), [VARIANT]),
         "t",
         ("sst", "para", "sts"),
         echo=False,

@@ -13,8 +13,8 @@ from berter.config import Config
 from berter.errors import ConfigError
 from berter.sweep.trainable import (
     CHECKPOINT_FILE,
-    Sweep,
     Trial,
+    TrialSpec,
     epoch_result,
     load_checkpoint,
     save_checkpoint,
@@ -39,18 +39,18 @@ def base() -> dict:
 
 def test_resolve_merges_base_variant_and_sampled_values():
     variant = Variant(SLF_ALT, "SLF + Smart Alt")
-    sweep = Sweep(base(), [Variant(dict(SLF_ALT, slf="off", strategy="final")), variant])
-    cfg = sweep.resolve({"variant": variant.name, "lr": 3e-4, "batch_size": 4})
+    spec = TrialSpec(base(), [Variant(dict(SLF_ALT, slf="off", strategy="final")), variant])
+    cfg = spec.resolve({"variant": variant.name, "lr": 3e-4, "batch_size": 4})
     assert (cfg.slf, cfg.strategy, cfg.lr, cfg.batch_size) == ("on", "smart_alt", 3e-4, 4)
     assert cfg.max_train == base()["max_train"]  # not searched: stays at the base value
 
 
 def test_resolve_rejects_unknown_variants_and_invalid_values():
-    sweep = Sweep(base(), [Variant(SLF_ALT)])
+    spec = TrialSpec(base(), [Variant(SLF_ALT)])
     with pytest.raises(KeyError, match="unknown variant"):
-        sweep.resolve({"variant": "smart=bogus"})
+        spec.resolve({"variant": "smart=bogus"})
     with pytest.raises(ConfigError, match="dropout"):
-        sweep.resolve({"variant": Variant(SLF_ALT).name, "dropout": 1.5})
+        spec.resolve({"variant": Variant(SLF_ALT).name, "dropout": 1.5})
 
 
 def test_to_plain_turns_numpy_into_weights_only_types_and_names_the_culprit():
@@ -137,21 +137,21 @@ def test_diverged_flag_is_reported():
 
 
 def test_config_defaults_are_the_single_source_for_unsearched_values():
-    sweep = Sweep({"data_dir": None}, [Variant({k: getattr(Config(), k) for k in SLF_ALT})])
-    cfg = sweep.resolve({"variant": sweep.variants[0].name})
+    spec = TrialSpec({"data_dir": None}, [Variant({k: getattr(Config(), k) for k in SLF_ALT})])
+    cfg = spec.resolve({"variant": spec.variants[0].name})
     assert (cfg.lr, cfg.batch_size, cfg.dropout) == (Config.lr, Config.batch_size, Config.dropout)
 
 
 # ----------------------------------------------------------------------------- Trial
 def make_trial(model: str, measure_speedup: bool = False, **base_overrides) -> type[Trial]:
-    """``Trial`` bound to a sweep as ``tune.with_parameters`` binds it, but without Ray."""
+    """``Trial`` bound to a trial spec as ``tune.with_parameters`` binds it, but without Ray."""
     variant = Variant(dict(SLF_ALT, slf="off", strategy="joint", exit_method="confidence"))
     values = {**tiny_config(epochs=2, model=model).to_dict(), **base_overrides}
-    sweep = Sweep(values, [variant], measure_speedup=measure_speedup)
+    spec = TrialSpec(values, [variant], measure_speedup=measure_speedup)
 
     class Bound(Trial):
         def setup(self, config):
-            super().setup(config, data=None, sweep=sweep)
+            super().setup(config, data=None, spec=spec)
 
     return Bound
 

@@ -2,7 +2,7 @@
 
 The driver loads and validates the data once and hands it to every trial through
 ``tune.with_parameters`` (one copy in the object store, not one read per trial), together
-with the :class:`Sweep` that says how a trial config becomes a ``Config``.
+with the :class:`TrialSpec` that says how a trial config becomes a ``Config``.
 
 After every epoch the trial reports the dev score, the per-task metrics, the early-exit
 operating point and a checkpoint (``TrainingRun.state_dict()``), so ASHA can stop it at any
@@ -53,8 +53,9 @@ STALL_SECONDS = 600.0  # long enough to be killed; ends on its own if nobody doe
 
 
 @dataclass
-class Sweep:
-    """What every trial of a sweep shares: the base config and the candidate variants."""
+class TrialSpec:
+    """How a trial's config becomes a ``Config``: what every trial of a sweep shares (the base
+    config and the candidate variants)."""
 
     base: dict[str, Any]  # Config fields (not searched)
     variants: list[Variant]
@@ -93,17 +94,17 @@ def faults_from_env() -> tuple[str, ...]:
     return entries
 
 
-def claim_fault(sweep: Sweep, trial_id: str) -> str | None:
+def claim_fault(spec: TrialSpec, trial_id: str) -> str | None:
     """This trial's fault (``raise@E``, ``nan@E``, ``stall@E``) or None.
 
     The k-th trial to start claims entry k by creating ``trial-<k>`` exclusively (atomic across
     processes and nodes sharing the directory); a restarted trial finds its own claim again.
     """
-    if not sweep.faults or sweep.fault_dir is None:
+    if not spec.faults or spec.fault_dir is None:
         return None
-    root = Path(sweep.fault_dir)
+    root = Path(spec.fault_dir)
     root.mkdir(parents=True, exist_ok=True)
-    for k, entry in enumerate(sweep.faults):
+    for k, entry in enumerate(spec.faults):
         fault, _, once = entry.partition(":")
         slot = root / f"trial-{k}"
         try:
@@ -234,14 +235,16 @@ class Trial(tune.Trainable):
     A class trainable rather than a function one because Tune runs ``step()`` on the worker's
     main thread, where torch's CPU kernels run about 20% faster than on the second thread a
     function trainable gets (benchmarks/trial_thread.py). Wrap it with
-    ``tune.with_parameters(Trial, data=..., sweep=...)`` (see ``trainable_with_resources``).
+    ``tune.with_parameters(Trial, data=..., spec=...)`` (see ``trainable_with_resources``).
     With ``reuse_actors`` a worker keeps its imports and tokenizer and ``reset_config`` builds
     the next trial's run in place.
     """
 
-    def setup(self, config: dict[str, Any], data: Any = None, sweep: Sweep | None = None) -> None:
+    def setup(
+        self, config: dict[str, Any], data: Any = None, spec: TrialSpec | None = None
+    ) -> None:
         logging.getLogger("ray").setLevel(logging.WARNING)  # no "checkpoint created" per epoch
-        self.data, self.sweep = data, sweep
+        self.data, self.spec = data, spec
         self.start(config)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
@@ -263,9 +266,9 @@ class Trial(tune.Trainable):
         from berter.train.run import TrainingRun
 
         self.setup_started = time.perf_counter()
-        sweep = self.sweep
-        cfg = sweep.resolve(config)
-        fault = claim_fault(sweep, self.trial_id)
+        spec = self.spec
+        cfg = spec.resolve(config)
+        fault = claim_fault(spec, self.trial_id)
         self.stall_after = None
         if fault is not None and fault.startswith("stall@"):
             self.stall_after = int(fault.partition("@")[2])
@@ -278,7 +281,7 @@ class Trial(tune.Trainable):
         self.run = TrainingRun(cfg, self.data, device=self.device)
         # a resumed trial keeps its first start's time (load_checkpoint overwrites it)
         self.meta: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat()}
-        variant = sweep.variant_of(config)
+        variant = spec.variant_of(config)
         self.info: dict[str, Any] = {
             "variant": variant.name,
             "preset": variant.preset,
@@ -306,7 +309,7 @@ class Trial(tune.Trainable):
         }
         if result["diverged"]:  # no checkpoint of non-finite weights
             return {**result, "done": True}
-        if run.finished and self.sweep.measure_speedup:
+        if run.finished and self.spec.measure_speedup:
             started = time.perf_counter()
             try:
                 result.update(measure_speedup(run, self.cpus if self.device == "cpu" else None))
@@ -329,7 +332,7 @@ class Trial(tune.Trainable):
         self.meta.update(load_checkpoint(self.run, checkpoint_dir))
 
 
-def trainable_with_resources(data: Any, sweep: Sweep, cpus: float, gpus: float) -> Any:
-    """``Trial`` bound to the shared data and sweep, with per-trial resources."""
-    bound = tune.with_parameters(Trial, data=data, sweep=sweep)
+def trainable_with_resources(data: Any, spec: TrialSpec, cpus: float, gpus: float) -> Any:
+    """``Trial`` bound to the shared data and trial spec, with per-trial resources."""
+    bound = tune.with_parameters(Trial, data=data, spec=spec)
     return tune.with_resources(bound, {"cpu": cpus, "gpu": gpus})

@@ -616,13 +616,13 @@ def build_tuner(
 
     from berter.sweep.searcher import asha, make_searcher
     from berter.sweep.store import ResultsWriter
-    from berter.sweep.trainable import FAULT_DIR, Sweep, trainable_with_resources
+    from berter.sweep.trainable import FAULT_DIR, TrialSpec, trainable_with_resources
 
     variants = plan.variant_objs
     faults = injected_faults(plan)
     fault_dir = f"{plan.directory}/{FAULT_DIR}" if faults else None
-    sweep = Sweep(plan.base, variants, faults=faults, fault_dir=fault_dir)
-    trainable = trainable_with_resources(data, sweep, plan.cpus_per_trial, plan.gpus_per_trial)
+    spec = TrialSpec(plan.base, variants, faults=faults, fault_dir=fault_dir)
+    trainable = trainable_with_resources(data, spec, plan.cpus_per_trial, plan.gpus_per_trial)
     if resume:
         from ray.tune import Tuner
 
@@ -652,7 +652,7 @@ def build_tuner(
     else:
         scheduler = FIFOScheduler()
     namer = TrialNamer(variants)
-    writer = ResultsWriter(plan.directory, sweep, plan.name, plan.base["tasks"])
+    writer = ResultsWriter(plan.directory, spec, plan.name, plan.base["tasks"])
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
