@@ -32,7 +32,7 @@ from tiny import tiny_config
 
 from berter.config import AXES
 from berter.errors import ConfigError
-from berter.sweep.store import FILES, ResultsWriter, read_results
+from berter.sweep.store import FILES, read_results
 from berter.sweep.trainable import (
     CHECKPOINT_FILE,
     FAULT_DIR,
@@ -42,6 +42,7 @@ from berter.sweep.trainable import (
     faults_from_env,
 )
 from berter.sweep.tuner import main as sweep_main
+from berter.sweep.writer import ResultsWriter
 from berter.variants import Variant
 
 ROOT = Path(__file__).resolve().parents[1]

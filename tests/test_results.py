@@ -13,16 +13,14 @@ from tiny import tiny_config
 from berter.config import AXES
 from berter.sweep.store import (
     EXIT_SCHEMA,
-    ResultsWriter,
     Store,
-    error_message,
     pareto_front,
     read_results,
-    summarise,
     to_table,
     trial_schema,
 )
 from berter.sweep.trainable import TrialSpec
+from berter.sweep.writer import ResultsWriter, error_message, summarise_trial
 from berter.variants import Variant
 
 AXES_DEFAULT = {a: getattr(tiny_config(), a) for a in AXES}
@@ -213,7 +211,7 @@ def test_summarise_prefers_the_earliest_of_tied_best_epochs_and_skips_nan():
         {"epoch": 2, "dev_score": float("nan")},
         {"epoch": 3, "dev_score": 0.6},
     ]
-    row = summarise({}, epochs, ["dev_score"])
+    row = summarise_trial({}, epochs, ["dev_score"])
     assert row["best_epoch"] == 1 and row["epochs_done"] == 3
 
 

@@ -6,7 +6,7 @@ status 2, with nothing written. A private local Ray instance is started while th
 data and model are checked (both take seconds; a failed check shuts it down again,
 silently); a cluster is joined after every check. Then it runs a ``tune.Tuner`` with Optuna's TPE
 behind a ConcurrencyLimiter and ASHA, and keeps ``trials/epochs/exits.parquet`` current
-through :class:`berter.results.ResultsWriter`.
+through :class:`berter.sweep.writer.ResultsWriter`.
 
 Layout of one sweep, ``<results>/<name>/``: ``sweep.json`` (the resolved options; ``--resume``
 reads it), the three Parquet files, and ``ray/`` (Ray Tune's experiment: trial directories,
@@ -615,8 +615,8 @@ def build_tuner(
     from ray.tune.search import ConcurrencyLimiter
 
     from berter.sweep.searcher import asha, make_searcher
-    from berter.sweep.store import ResultsWriter
     from berter.sweep.trainable import FAULT_DIR, TrialSpec, trainable_with_resources
+    from berter.sweep.writer import ResultsWriter
 
     variants = plan.variant_objs
     faults = injected_faults(plan)
