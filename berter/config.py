@@ -226,12 +226,13 @@ class Config:
 
 
 @functools.cache
-def field_types() -> dict[str, tuple[type, bool]]:
-    """Each Config field's value type (int, float, bool, str, or tuple for a list of names)
-    and whether it may be None, read from the annotations: the one description of a field's
-    type that the command lines and the results schema use."""
+def field_types(cls: type = Config) -> dict[str, tuple[type, bool]]:
+    """Each field's value type (int, float, bool, str, or tuple for a list of names) and
+    whether it may be None, read from the annotations of ``Config`` (or a dataclass extending
+    it): the one description of a field's type that the command lines and the results schema
+    use."""
     out = {}
-    for name, hint in typing.get_type_hints(Config).items():
+    for name, hint in typing.get_type_hints(cls).items():
         union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
         args = typing.get_args(hint) if union else (hint,)
         (kind,) = [a for a in args if a is not type(None)]

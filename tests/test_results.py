@@ -251,3 +251,55 @@ def test_per_layer_thresholds_are_a_list_column_with_nan_for_never(tmp_path):
     assert got[0] == 0.96 and math.isnan(got[1])
     assert tables["trials"].iloc[0].para_layer_thresholds is None  # shared or no early exit
     assert list(tables["epochs"].iloc[0].sst_layer_thresholds)[0] == 0.96
+
+
+def test_the_hyperparameter_columns_are_the_config_fields_less_the_listed_exceptions():
+    from berter.config import Config
+    from berter.sweep.store import NOT_HYPERPARAMETERS, hyperparameter_fields
+
+    names = [name for name, _ in hyperparameter_fields()]
+    assert sorted(names) == sorted(f for f in Config.__dataclass_fields__ if f not in NOT_HYPERPARAMETERS)
+    types = dict(hyperparameter_fields())
+    assert (str(types["lr"]), str(types["batch_size"]), str(types["amp"])) == ("double", "int64", "bool")
+    assert (str(types["max_train"]), str(types["tasks"])) == ("int64", "string")  # int | None; names
+
+
+def test_a_new_exit_method_with_one_setting_reaches_trials_parquet_and_the_report(
+    tmp_path, monkeypatch
+):
+    """A registered exit method and its Config field are all it takes: the results schema and
+    the report's columns come from Config, so the setting's value is recorded per trial."""
+    import dataclasses
+
+    import berter.sweep.store as store
+    import berter.sweep.trainable as trainable
+    from berter.config import Config
+    from berter.exits.base import EXIT_METHODS, ExitMethod
+    from berter.report.build import build_report
+    from berter.variants import check
+
+    @dataclasses.dataclass
+    class WithGap(Config):
+        gap_margin: float = 0.25  # the throwaway method's setting
+
+    monkeypatch.setitem(EXIT_METHODS, "gap_exit", ExitMethod)
+    for module in (store, trainable):  # as if config.py had the field
+        monkeypatch.setattr(module, "Config", WithGap)
+    variant = Variant({**AXES_DEFAULT, "strategy": "joint", "exit_method": "gap_exit"})
+    base = tiny_config().to_dict()
+    check(WithGap.from_dict({**base, **variant.axes}))  # a valid variant, now it is registered
+    w = ResultsWriter(str(tmp_path), TrialSpec(base, [variant]), "t", ("sst", "para", "sts"), echo=False)
+    w.setup()
+    for trial_id, gap, dev in (("a", 0.1, 0.6), ("b", 0.4, 0.7)):
+        t = make_trial(trial_id)
+        t.config = {"variant": variant.name, "gap_margin": gap}
+        w.on_trial_start(0, [], t)
+        w.on_trial_result(0, [], t, result(3, dev))
+        w.on_trial_complete(0, [], t)
+
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    assert trials.gap_margin.to_dict() == {"a": 0.1, "b": 0.4}
+    assert set(trials.exit_method) == {"gap_exit"} and set(trials.status) == {"terminated"}
+    report = build_report(tmp_path, figures=False)
+    assert "gap_margin" in report.hyperparameters
+    assert report.variant_table().iloc[0]["gap_margin"] == "0.4"  # the best trial's value

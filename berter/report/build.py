@@ -49,14 +49,15 @@ STATUS_ORDER = ("terminated", "stopped-early", "running", "pending", "diverged",
 TASK_LABELS = {"sst_acc": "SST", "para_acc": "Paraphrase", "sts_corr": "STS"}
 TASK_COLUMN = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_corr"}
 
-# Hyperparameters of a trial (not data settings); the table shows the ones that vary.
-HYPERPARAMETERS = (
-    "lr", "batch_size", "dropout", "epochs", "optimizer", "weight_decay", "warmup_ratio",
-    "grad_clip", "ema_decay", "layer_lr_decay", "task_weights", "smart_lambda", "smart_step",
-    "smart_eps", "smart_steps", "cos_margin", "slf_fraction", "lte_lr", "lambda_lr", "patience",
-    "exit_distill", "distill_temperature", "exit_threshold", "exit_tolerance", "exit_per_layer",
-    "exit_confidence",
-)  # fmt: skip
+
+def hyperparameters() -> list[str]:
+    """The hyperparameter columns of a trials table (every ``Config`` field that is one, see
+    ``berter.sweep.store``); the tables show the ones that vary."""
+    from berter.sweep.store import hyperparameter_fields
+
+    return [name for name, _ in hyperparameter_fields()]
+
+
 PAPER_HYPERPARAMETERS = ("lr", "batch_size", "dropout", "epochs")  # shown when none vary
 
 FASTEST_WITHIN = 0.01  # "fastest variant within 1 point of the best" (absolute dev score)
@@ -262,7 +263,9 @@ def best_per_variant(finished: pd.DataFrame) -> pd.DataFrame:
 def varying_hyperparameters(finished: pd.DataFrame) -> list[str]:
     """Hyperparameters with more than one value among the finished trials."""
     return [
-        h for h in HYPERPARAMETERS if h in finished.columns and finished[h].nunique(dropna=True) > 1
+        h
+        for h in hyperparameters()
+        if h in finished.columns and finished[h].nunique(dropna=True) > 1
     ]
 
 
@@ -393,7 +396,7 @@ def importance(finished: pd.DataFrame) -> tuple[dict[str, float], str | None, st
                 f"with a dev score; this sweep has {len(df)}."
             ),
         )
-    names = [h for h in (*HYPERPARAMETERS, "variant") if h in df.columns]
+    names = [h for h in (*hyperparameters(), "variant") if h in df.columns]
     names = [h for h in names if df[h].notna().all() and df[h].nunique() > 1]
     if not names:
         return (

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from berter.config import AXES, Config
+from berter.config import AXES, Config, field_types
 from berter.tasks import TASKS, metric_column
 
 F64, I64, STR, BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
@@ -83,20 +83,51 @@ def task_metric_fields(tasks: tuple[str, ...] | list[str]) -> list[tuple[str, pa
     return fields
 
 
-HYPERPARAMETERS: list[tuple[str, pa.DataType]] = [
-    ("lr", F64), ("batch_size", I64), ("dropout", F64), ("epochs", I64), ("optimizer", STR),
-    ("weight_decay", F64), ("warmup_ratio", F64), ("grad_clip", F64), ("ema_decay", F64),
-    ("layer_lr_decay", F64), ("smart_lambda", F64), ("smart_step", F64), ("smart_eps", F64),
-    ("smart_steps", I64), ("cos_margin", F64), ("slf_fraction", F64), ("lte_lr", F64),
-    ("lambda_lr", F64), ("patience", I64), ("qexit_beta", F64), ("qexit_prior", F64),
-    ("qexit_q", F64), ("regression_delta", F64), ("exit_distill", F64),
-    ("distill_temperature", F64), ("exit_threshold", F64),
-    ("exit_tolerance", F64), ("exit_per_layer", BOOL), ("exit_confidence", F64),
-    ("max_len", I64), ("max_train", I64), ("max_dev", I64),
-    ("drop_top", I64), ("task_order", STR), ("tasks", STR), ("task_weights", STR),
-    ("pair_swap", BOOL), ("pooling", STR), ("calib_fraction", F64), ("calib_max", I64),
-    ("cos_threshold", F64), ("amp", BOOL), ("compile", BOOL),
-]  # fmt: skip
+# Config fields that are not hyperparameter columns of trials.parquet, and why. Every other
+# Config field is one, typed by its annotation, so a new setting reaches the file unasked.
+NOT_HYPERPARAMETERS = {
+    **dict.fromkeys(AXES, "a variant axis: an identity column of its own"),
+    "data_dir": "a path on the machine that ran the sweep; data_source names the data",
+    "model": "an identity column of its own, after the metrics",
+    "seed": "an identity column of its own, after the metrics",
+    "device": "runtime: where the trial ran, chosen per trial",
+    "num_threads": "runtime: the trial's CPU share, chosen per trial",
+    "test_fault": "test-only fault injection",
+}
+# Column type per annotated type; a tuple of names is stored comma-joined.
+COLUMN_TYPES: dict[type, pa.DataType] = {int: I64, float: F64, bool: BOOL, str: STR, tuple: STR}
+# The order of the hyperparameter columns in files written before they came from Config, so
+# that old and new files line up. Order only: a field not named here still gets its column,
+# after these, in Config order.
+COLUMN_ORDER = (
+    "lr", "batch_size", "dropout", "epochs", "optimizer", "weight_decay", "warmup_ratio",
+    "grad_clip", "ema_decay", "layer_lr_decay", "smart_lambda", "smart_step", "smart_eps",
+    "smart_steps", "cos_margin", "slf_fraction", "lte_lr", "lambda_lr", "patience",
+    "qexit_beta", "qexit_prior", "qexit_q", "regression_delta", "exit_distill",
+    "distill_temperature", "exit_threshold", "exit_tolerance", "exit_per_layer",
+    "exit_confidence", "max_len", "max_train", "max_dev", "drop_top", "task_order", "tasks",
+    "task_weights", "pair_swap", "pooling", "calib_fraction", "calib_max", "cos_threshold",
+    "amp", "compile",
+)  # fmt: skip
+
+
+def hyperparameter_fields() -> list[tuple[str, pa.DataType]]:
+    """The hyperparameter columns of trials.parquet: every ``Config`` field but
+    ``NOT_HYPERPARAMETERS``, with the column type of its annotation."""
+    types = field_types(Config)
+    names = [f.name for f in dataclasses.fields(Config) if f.name not in NOT_HYPERPARAMETERS]
+    rank = {name: i for i, name in enumerate(COLUMN_ORDER)}
+    names.sort(key=lambda name: rank.get(name, len(rank)))  # stable: new fields in Config order
+    fields = []
+    for name in names:
+        kind = types[name][0]
+        if kind not in COLUMN_TYPES:
+            raise TypeError(
+                f"Config.{name}: no column type for {kind.__name__}; "
+                "add one to COLUMN_TYPES or the field to NOT_HYPERPARAMETERS"
+            )
+        fields.append((name, COLUMN_TYPES[kind]))
+    return fields
 
 
 def _schema(fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
@@ -108,7 +139,7 @@ def trial_schema(tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS) -> pa.Schem
         [
             ("trial_id", STR), ("trial_name", STR), ("status", STR), ("error", STR),
             ("variant", STR), ("preset", STR), *[(a, STR) for a in AXES],
-            *HYPERPARAMETERS,
+            *hyperparameter_fields(),
             *METRICS, *task_metric_fields(tasks),
             ("train_seconds", F64), ("setup_seconds", F64), ("epochs_done", I64),
             ("epochs_planned", I64), ("best_epoch", I64), ("checkpoint", STR),
@@ -182,7 +213,7 @@ def with_later_settings(table: pa.Table) -> pa.Table:
     at its ``Config`` default: the value those trials trained with, in effect, so old and new
     trials compare (and a resumed old sweep keeps one column type)."""
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    for name, typ in HYPERPARAMETERS:
+    for name, typ in hyperparameter_fields():
         value = defaults.get(name, dataclasses.MISSING)
         if name in table.column_names or not isinstance(value, (bool, int, float, str)):
             continue
