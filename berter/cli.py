@@ -16,7 +16,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "sweep": ("berter.sweep.tuner", "run a hyperparameter sweep (Ray Tune + Optuna)"),
+    "sweep": ("berter.sweep.cli", "run a hyperparameter sweep (Ray Tune + Optuna)"),
     "report": ("berter.report.build", "comparison report of a sweep's results"),
     "infer": ("berter.infer", "early-exit inference from a saved checkpoint"),
     "data": ("berter.data.files", "download or check task data"),

@@ -5,7 +5,7 @@ See ``python sweeps/run.py --help`` and :mod:`berter.sweep`.
 
 import sys
 
-from berter.sweep.tuner import main
+from berter.sweep.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

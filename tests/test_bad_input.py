@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+import berter.sweep.plan
 import berter.sweep.tuner
+from berter.sweep.cli import main as sweep_main
+from berter.sweep.plan import SWEEP_FILE
 from berter.sweep.trainable import FAULT_ENV
-from berter.sweep.tuner import SWEEP_FILE
-from berter.sweep.tuner import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {
@@ -310,7 +311,8 @@ def test_a_valid_data_directory_passes_the_same_checks(tmp_path):
 
 def test_set_and_range_reach_the_plan(tmp_path):
     """The clean way to fix or bound a name: --set and --range (the counterpart of the cases)."""
-    from berter.sweep.tuner import build_parser, make_plan
+    from berter.sweep.cli import build_parser
+    from berter.sweep.plan import make_plan
 
     argv = demo(tmp_path, "--set", "batch=8", "--set", "dropout=0.1", "--range", "lr=1e-5:1e-3")
     plan, _ = make_plan(build_parser().parse_args([*argv, "--search", "lr,optimizer"]))
@@ -328,7 +330,8 @@ def test_set_fixes_config_fields_that_are_not_searched(tmp_path):
     """--set reaches any plain Config field, typed by its annotation (str, bool, int, float,
     None)."""
     from berter.config import Config
-    from berter.sweep.tuner import build_parser, make_plan
+    from berter.sweep.cli import build_parser
+    from berter.sweep.plan import make_plan
 
     sets = ["task_order=proportional", "amp=off", "calib_max=200", "grad_clip=0.5"]
     sets += ["exit_threshold=none", "pooling=cls"]
@@ -389,7 +392,7 @@ def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys,
     import ray
 
     seen: dict[str, object] = {}
-    start_ray, check_model = berter.sweep.start_ray, berter.sweep._check_model
+    start_ray, check_model = berter.sweep.tuner.start_ray, berter.sweep.plan._check_model
 
     def spy_start(*a, **k):
         seen["ray thread"] = threading.current_thread()
@@ -401,7 +404,7 @@ def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys,
         return check_model(model)
 
     monkeypatch.setattr(berter.sweep.tuner, "start_ray", spy_start)
-    monkeypatch.setattr(berter.sweep.tuner, "_check_model", spy_check)
+    monkeypatch.setattr(berter.sweep.plan, "_check_model", spy_check)
     assert not ray.is_initialized()
     argv = empty_model_dir(tmp_path)
     before = snapshot(tmp_path)

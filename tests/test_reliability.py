@@ -32,6 +32,7 @@ from tiny import tiny_config
 
 from berter.config import AXES
 from berter.errors import ConfigError
+from berter.sweep.cli import main as sweep_main
 from berter.sweep.store import FILES, read_results
 from berter.sweep.trainable import (
     CHECKPOINT_FILE,
@@ -41,7 +42,6 @@ from berter.sweep.trainable import (
     claim_fault,
     faults_from_env,
 )
-from berter.sweep.tuner import main as sweep_main
 from berter.sweep.writer import ResultsWriter
 from berter.variants import Variant
 
@@ -92,7 +92,7 @@ class Poller:
 
     Each read opens the file once: ``pd.read_parquet(path)`` opens it twice (schema, then
     data), and a rewrite in between mixes two versions; a reader of a live sweep passes an
-    open file (or uses ``berter.results.read_results``), as the README says."""
+    open file (or uses ``berter.sweep.store.read_results``), as the README says."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -444,7 +444,7 @@ UNSAFE = [
 # The one unpickling the code does: the exception object Ray itself pickled for a failed trial
 # (error_message reads it to record the original message). Ray's own restore unpickles its
 # experiment state anyway, so --resume trusts the results directory in any case.
-ALLOWED = {("berter/results.py", "return cloudpickle.loads(Path(path).read_bytes())")}
+ALLOWED = {("berter/sweep/writer.py", "return cloudpickle.loads(Path(path).read_bytes())")}
 
 
 def python_sources() -> list[Path]:

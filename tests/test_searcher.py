@@ -1,4 +1,4 @@
-"""The sweep's searcher and scheduler (berter.searcher), driven through Tune's Searcher API."""
+"""The sweep's searcher and scheduler (berter.sweep.searcher), driven through Tune's Searcher API."""
 
 import optuna
 import pytest
@@ -110,7 +110,8 @@ def test_asha_is_gentler_on_short_runs_unless_told_otherwise():
 
 
 def test_a_sweep_asking_for_more_trials_than_its_space_has_runs_each_configuration_once(tmp_path):
-    from berter.sweep.tuner import build_parser, make_plan
+    from berter.sweep.cli import build_parser
+    from berter.sweep.plan import make_plan
 
     one = "smart=off,cos=off,slf=off,strategy=joint,exit=none,concat=after"
     argv = ["--data", "demo", "--results", str(tmp_path), "--variants", one, "--search", "batch",

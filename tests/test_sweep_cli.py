@@ -16,9 +16,10 @@ import ray
 from ray import tune
 
 from berter.cli import main as berter_main
+from berter.sweep.cli import build_parser
+from berter.sweep.cli import main as sweep_main
+from berter.sweep.plan import SWEEP_FILE
 from berter.sweep.store import read_results
-from berter.sweep.tuner import SWEEP_FILE, build_parser
-from berter.sweep.tuner import main as sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL_COLUMNS = [
@@ -184,7 +185,7 @@ def test_planning_a_sweep_leaves_the_modelling_code_to_the_trials(tmp_path):
     """The driver's checks run before the first trial can start; transformers' BERT import
     (seconds) belongs in the trial workers only."""
     code = (
-        "import sys; from berter.sweep import build_parser, make_plan\n"
+        "import sys; from berter.sweep.cli import build_parser; from berter.sweep.plan import make_plan\n"
         f"argv = ['--search', 'lr', '--variants', 'all', '--data', 'demo', '--results', {str(tmp_path)!r}]\n"
         "plan, data = make_plan(build_parser().parse_args(argv))\n"
         "assert plan.max_t == 2 * plan.base['epochs'], plan.max_t  # two_stage is among them\n"

@@ -1,1 +1,2 @@
-"""Sweeps: the search space (space), Optuna + ASHA (searcher), the trainable, the Parquet store and the driver (tuner)."""
+"""Sweeps: the command line (cli), the plan (plan), the search space (space), Optuna + ASHA
+(searcher), one trial (trainable), the Tuner (tuner) and the Parquet results (store, writer)."""

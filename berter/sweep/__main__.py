@@ -1,5 +1,5 @@
 """`python -m berter.sweep`: the sweep command line."""
 
-from berter.sweep.tuner import main
+from berter.sweep.cli import main
 
 raise SystemExit(main())

@@ -39,6 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from berter.config import AXES, Config, field_types
+from berter.errors import ConfigError
 from berter.tasks import TASKS, metric_column
 
 F64, I64, STR, BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
@@ -224,6 +225,29 @@ def with_later_settings(table: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------- storage
 def is_uri(path: str) -> bool:
     return "://" in str(path)
+
+
+def sweep_directory(results: str, name: str) -> str:
+    """The directory of sweep ``name`` under a results root (absolute path or URI)."""
+    if is_uri(results):
+        return results.rstrip("/") + "/" + name
+    return str(Path(results).expanduser().resolve() / name)
+
+
+def check_writable(directory: str) -> None:
+    """A ConfigError unless ``directory`` can be created and written (a URI: its filesystem
+    can be opened; credentials are only tried by the first write)."""
+    if is_uri(directory):
+        try:
+            pafs.FileSystem.from_uri(directory)
+        except Exception as exc:
+            raise ConfigError(f"results {directory}: {exc}") from None
+        return
+    probe = Path(directory)
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"results directory {directory} is not writable ({probe})")
 
 
 class Store:

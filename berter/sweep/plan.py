@@ -1,0 +1,467 @@
+"""A sweep's plan: every option resolved and checked before any trial starts, saved as sweep.json.
+
+:func:`make_plan` turns the parsed command line into a :class:`Plan` and loads the data, in
+named steps: the options that need no imports first (search names, --set values, counts,
+objective, name), then, in a helper thread while the sweep starts Ray (``alongside``), the
+results directory, the data source and the trial budget, the base config, the candidate
+variants, the searched ranges, the data, the backbone and ASHA's time axis. Anything wrong
+is a ConfigError or DataError (one line, exit 2) and nothing has been written.
+:func:`resume_plan` reads the plan of an interrupted sweep back from its sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from berter.config import Config
+from berter.errors import ConfigError
+from berter.sweep.space import (
+    BY_NAME,
+    Param,
+    SearchSpace,
+    apply_ranges,
+    candidate_variants,
+    parse_search,
+    parse_settings,
+    space_size,
+    with_epoch_bound,
+)
+
+if TYPE_CHECKING:  # berter.variants imports the exit methods (torch): not before Ray starts
+    from berter.variants import Variant
+
+SWEEP_FILE = "sweep.json"
+RAY_DIR = "ray"
+DEMO_DEFAULTS = {"num_samples": 4, "epochs": 2, "max_train": 200}  # Quickstart: minutes on 2 cores
+DEFAULT_NUM_SAMPLES = 16
+OBJECTIVE_MODES = {"dev_score": "max", "dev_score_exit": "max", "avg_exit_layer": "min",
+                   "speedup_wall": "max"}  # fmt: skip
+
+
+@dataclass
+class Plan:
+    """Every resolved option of a sweep; saved as sweep.json so --resume can rebuild it."""
+
+    name: str
+    directory: str  # <results>/<name>, local absolute path or URI
+    base: dict[str, Any]
+    variants: list[dict[str, Any]]
+    search: list[str]
+    params: list[dict[str, Any]]
+    round_robin: bool
+    num_samples: int
+    scheduler: str
+    search_alg: str
+    objective: list[str]
+    modes: list[str]
+    max_t: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    max_failures: int
+    seed: int
+    data_source: str
+    data_is_demo: bool
+    notes: list[str] = field(default_factory=list)
+    created_at: str = ""
+    grace_period: int = 1  # ASHA
+    reduction_factor: float | None = None  # ASHA; None: berter.sweep.searcher.reduction_factor
+
+    @property
+    def variant_objs(self) -> list[Variant]:
+        from berter.variants import Variant
+
+        return [Variant.from_dict(v) for v in self.variants]
+
+    @property
+    def param_objs(self) -> list[Param]:
+        return [Param(**{**p, "choices": tuple(p["choices"])}) for p in self.params]
+
+    @property
+    def storage(self) -> str:
+        return f"{self.directory}/{RAY_DIR}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls(**json.loads(text))
+
+
+class Budget(NamedTuple):
+    """How much a sweep runs, and a note when the demo set's small defaults were filled in."""
+
+    num_samples: int
+    epochs: int
+    max_train: int | None
+    notes: list[str]
+
+
+# ----------------------------------------------------------------------------- a new plan
+def make_plan(
+    args: argparse.Namespace, alongside: Callable[[], None] | None = None
+) -> tuple[Plan, Any]:
+    """Resolve and validate every option of a new sweep (and load its data); nothing is written.
+
+    The options that need no imports are checked first; then ``alongside`` (the sweep starts
+    Ray there) runs in this thread while the rest (config, variants, results directory, data,
+    model: seconds of torch / transformers imports) is checked in another.
+    """
+    if not args.search:
+        raise ConfigError("--search is required, e.g. --search lr,batch,dropout")
+    params = parse_search(args.search)
+    hyper = [p for p in params if p.kind != "axis"]
+    settings = parse_settings(args.set, params)
+    _check_numbers(args, settings)
+    objective = _objectives(args.objective)
+    name = _sweep_name(args.name)
+    return concurrently(
+        lambda: _resolve_plan(args, name, params, hyper, settings, objective), alongside
+    )
+
+
+def _check_numbers(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """Counts, resources and ASHA's settings in range; --epochs and --set epochs not both."""
+    if "epochs" in settings and args.epochs is not None:
+        raise ConfigError("--set epochs conflicts with --epochs; give one")
+    for opt in ("num_samples", "epochs", "max_train", "max_dev", "max_len", "max_concurrent"):
+        value = getattr(args, opt)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{opt.replace('_', '-')} must be >= 1, got {value}")
+    if args.cpus_per_trial <= 0:
+        raise ConfigError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.grace_period < 1:
+        raise ConfigError(f"--grace-period must be >= 1, got {args.grace_period}")
+    if args.reduction_factor is not None and not args.reduction_factor > 1:
+        raise ConfigError(f"--reduction-factor must be > 1, got {args.reduction_factor}")
+
+
+def _objectives(spec: str) -> list[str]:
+    """``--objective``: one or two names of ``OBJECTIVE_MODES``."""
+    objective = [o.strip() for o in spec.split(",") if o.strip()]
+    if not 1 <= len(objective) <= 2 or any(o not in OBJECTIVE_MODES for o in objective):
+        raise ConfigError(f"--objective {spec!r}: give one or two of {', '.join(OBJECTIVE_MODES)}")
+    return objective
+
+
+def _sweep_name(name: str | None) -> str:
+    """``--name``, or sweep-<date>-<time>; safe as a directory name."""
+    name = name or f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
+    if not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+def _resolve_plan(
+    args: argparse.Namespace,
+    name: str,
+    params: list[Param],
+    hyper: list[Param],
+    settings: dict[str, Any],
+    objective: list[str],
+) -> tuple[Plan, Any]:
+    """The part of :func:`make_plan` that imports the heavy libraries and reads files."""
+    from berter.data.files import load_data_for
+
+    directory = _new_directory(args.results, name)
+    data_dir = _data_dir(args)
+    budget = _budget(args, settings, demo=data_dir is None)
+    base = _base_config(args, settings, data_dir, budget)
+    searched_axes = [BY_NAME[p.name].field for p in params if p.kind == "axis"]
+    variants = candidate_variants(args.variants, searched_axes, base)
+    round_robin = not searched_axes
+    notes = budget.notes + (_coverage_note(variants, budget.num_samples) if round_robin else [])
+    hyper, num_samples, capped = _searched_ranges(hyper, args, base, variants, budget.num_samples)
+    with data_warnings() as warned:
+        data = load_data_for(base)
+    max_t = _max_t(base, hyper, budget.epochs, variants)
+    scheduler, switched = _scheduler(args.scheduler, objective)
+    plan = Plan(
+        name=name,
+        directory=directory,
+        base=_jsonable(base.to_dict()),
+        variants=[v.to_dict() for v in variants],
+        search=[p.name for p in params],
+        params=[asdict(p) for p in hyper],
+        round_robin=round_robin,
+        num_samples=num_samples,
+        scheduler=scheduler,
+        search_alg=args.search_alg,
+        objective=objective,
+        modes=[OBJECTIVE_MODES[o] for o in objective],
+        max_t=max_t,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=_gpus_per_trial(args),
+        max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
+        seed=base.seed,
+        data_source=data.source,
+        data_is_demo=data.is_demo,
+        notes=notes + capped + warned + switched,
+        created_at=datetime.now().isoformat(timespec="seconds"),
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+    )
+    return plan, data
+
+
+def _new_directory(results: str, name: str) -> str:
+    """``<results>/<name>``: writable, and not holding a sweep already."""
+    from berter.sweep.store import Store, check_writable, sweep_directory
+
+    directory = sweep_directory(results, name)
+    check_writable(directory)
+    store = Store(directory)
+    if store.exists(SWEEP_FILE) or store.exists(RAY_DIR) or store.exists("trials.parquet"):
+        raise ConfigError(
+            f"a sweep named {name!r} already exists in {directory}; "
+            "continue it with --resume or choose another --name"
+        )
+    return directory
+
+
+def _tasks(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(t for t in (args.tasks or ",".join(Config().tasks)).split(",") if t)
+
+
+def _data_dir(args: argparse.Namespace) -> str | None:
+    """--data-dir; None (the built-in demo set) for --data demo; else ./data when it holds
+    every task's files, else None."""
+    if args.data == "demo":
+        return None
+    if args.data_dir:
+        return args.data_dir
+    return _default_data_dir(_tasks(args))
+
+
+def _default_data_dir(tasks: tuple[str, ...]) -> str | None:
+    """./data when it holds every requested task, else None (the demo set)."""
+    from berter.data.files import find_layout
+
+    local = Path("data")
+    if local.is_dir() and set(tasks) <= set(find_layout(local)):
+        return str(local)
+    return None
+
+
+def _budget(args: argparse.Namespace, settings: dict[str, Any], demo: bool) -> Budget:
+    """Trials, epochs and training examples: the options, else small defaults on the demo set
+    (a note names them) and the real-data ones otherwise."""
+    defaults = DEMO_DEFAULTS if demo else {"num_samples": DEFAULT_NUM_SAMPLES}
+    given = {
+        "num_samples": args.num_samples,
+        "epochs": args.epochs or settings.get("epochs"),
+        "max_train": args.max_train,
+    }
+    notes = []
+    filled = {k: v for k, v in DEMO_DEFAULTS.items() if given[k] is None}
+    if demo and filled:
+        shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
+        notes.append(f"demo defaults: {shown} (pass them to change)")
+    return Budget(
+        num_samples=given["num_samples"] or defaults["num_samples"],
+        epochs=given["epochs"] or defaults.get("epochs") or Config().epochs,
+        max_train=given["max_train"] or defaults.get("max_train"),
+        notes=notes,
+    )
+
+
+def _base_config(
+    args: argparse.Namespace, settings: dict[str, Any], data_dir: str | None, budget: Budget
+) -> Config:
+    """What every trial starts from: the --set values and the data, model and budget options."""
+    values: dict[str, Any] = {
+        **settings, "data_dir": data_dir, "tasks": _tasks(args), "epochs": budget.epochs,
+        "max_train": budget.max_train,
+    }  # fmt: skip
+    for opt in ("max_dev", "max_len", "model", "seed"):
+        if getattr(args, opt) is not None:
+            values[opt] = getattr(args, opt)
+    return Config.from_dict(values)
+
+
+def _coverage_note(variants: list[Variant], num_samples: int) -> list[str]:
+    """Round robin gives trial i variant i mod V: fewer trials than variants leave some out."""
+    if len(variants) <= num_samples:
+        return []
+    return [
+        f"only {num_samples} of the {len(variants)} variants get a trial; "
+        f"--num-samples {len(variants)} runs each once"
+    ]
+
+
+def _searched_ranges(
+    hyper: list[Param],
+    args: argparse.Namespace,
+    base: Config,
+    variants: list[Variant],
+    num_samples: int,
+) -> tuple[list[Param], int, list[str]]:
+    """The searched ranges (--epochs bounds a searched epochs, --range replaces a default),
+    both ends of each checked to make a valid Config, and the trials capped at the number of
+    configurations: training is seeded, so a configuration is never run twice."""
+    from berter.variants import validate_axes
+
+    hyper = apply_ranges(with_epoch_bound(hyper, args.epochs), args.range)
+    notes = []
+    size = space_size(SearchSpace(hyper, [v.name for v in variants]))
+    if num_samples > size:
+        notes.append(
+            f"the search space has {size} configurations: {size} trials, not {num_samples}"
+        )
+        num_samples = int(size)
+    for p in hyper:
+        for value in (p.low, p.high) if p.kind != "choice" else p.choices:
+            try:
+                validate_axes(variants[0].axes, base.replace(**{p.field: value}))
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"--search {p.name}: range value {value} is invalid: {exc}"
+                ) from None
+    return hyper, num_samples, notes
+
+
+def _max_t(base: Config, hyper: list[Param], epochs: int, variants: list[Variant]) -> int:
+    """ASHA's max_t: the most main epochs a trial can run, with the backbone's depth (read
+    here, so a bad --model fails before Ray runs anything)."""
+    searched = [p.high for p in hyper if p.name == "epochs"]
+    top = int(max(searched)) if searched else epochs
+    num_layers = _check_model(base.model)
+    return max(main_epochs(base.replace(**v.axes, epochs=top), num_layers) for v in variants)
+
+
+def _check_model(model: str) -> int:
+    """Load the backbone's config and tokenizer (cheap) so a bad --model fails before Ray."""
+    from transformers import AutoConfig
+
+    from berter.config import DEFAULT_MODEL
+    from berter.data.encode import get_tokenizer, packaged_model_path
+
+    path = packaged_model_path() if model == DEFAULT_MODEL else model
+    looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/")
+    if model != DEFAULT_MODEL and looks_local and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"model directory {model} does not exist")
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load model {model!r}: {first}") from None
+    if not hasattr(cfg, "num_hidden_layers"):
+        raise ConfigError(f"model {model!r} is not a BERT-style encoder")
+    get_tokenizer(model)
+    return int(cfg.num_hidden_layers)
+
+
+def main_epochs(cfg: Config, num_layers: int) -> int:
+    """Epochs of a config outside a Sequential Layer Focus warm-up (the ASHA time axis).
+
+    The strategy class decides (two_stage doubles the epochs; SLF's leading epoch is not
+    counted) and checks that the backbone, less ``drop_top``, is deep enough. No model is
+    built: the driver never imports transformers' modelling code (seconds before Ray's first
+    trial can start), only the trials do.
+    """
+    from berter.config import layers_after_drop
+    from berter.strategies import STRATEGIES
+
+    strategy = STRATEGIES[cfg.strategy]
+    strategy.check_layers(layers_after_drop(cfg, num_layers))
+    return strategy.epochs_for(cfg)
+
+
+def _scheduler(requested: str, objective: list[str]) -> tuple[str, list[str]]:
+    """``--scheduler``, but FIFO for two objectives (ASHA ranks by one), with a note."""
+    if len(objective) == 2 and requested == "asha":
+        return "fifo", ["two objectives: ASHA is single-objective, using the FIFO scheduler"]
+    return requested, []
+
+
+def _gpus_per_trial(args: argparse.Namespace) -> float:
+    """``--gpus-per-trial``, else one GPU per trial when this machine has CUDA (a cluster's
+    workers cannot be seen from here: 0 unless asked)."""
+    if args.gpus_per_trial is not None:
+        return args.gpus_per_trial
+    import torch
+
+    return 1.0 if (torch.cuda.is_available() and not args.address) else 0.0
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k != "test_fault"}
+
+
+# ----------------------------------------------------------------------------- resume
+def _latest_sweep(results: str) -> str:
+    from berter.sweep.store import is_uri
+
+    if is_uri(results):
+        raise ConfigError("--resume with an s3:// / gs:// --results needs --name")
+    root = Path(results).expanduser()
+    found = sorted(root.glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"nothing to resume: no sweep under {root}")
+    return found[-1].parent.name
+
+
+def resume_plan(args: argparse.Namespace) -> Plan:
+    """The plan in sweep.json of ``--name`` (default: the latest sweep under ``--results``)."""
+    from berter.sweep.store import Store, sweep_directory
+
+    name = args.name or _latest_sweep(args.results)
+    directory = sweep_directory(args.results, name)
+    text = Store(directory).read_bytes(SWEEP_FILE)
+    if text is None:
+        raise ConfigError(
+            f"nothing to resume: no sweep {name!r} under {args.results} (no {SWEEP_FILE})"
+        )
+    plan = Plan.from_json(text.decode())
+    plan.directory = directory  # the results root may have moved
+    return plan
+
+
+# ----------------------------------------------------------------------------- helpers
+def concurrently(work: Callable[[], Any], alongside: Callable[[], None] | None) -> Any:
+    """``work()`` in a helper thread while ``alongside()`` runs in this one (Ray's start
+    installs a signal handler, so it wants the main thread); returns ``work``'s value and
+    raises its exception here, after both have finished."""
+    if alongside is None:
+        return work()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="berter-check") as pool:
+        checked = pool.submit(work)
+        alongside()
+        return checked.result()
+
+
+@contextlib.contextmanager
+def data_warnings() -> Iterator[list[str]]:
+    """Hold back the data loader's warnings (skipped rows) so that the first line of output
+    is the data source; they are printed as notes right after it."""
+    held: list[str] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record.getMessage())
+
+    log = logging.getLogger("berter.data")
+    handler, propagate = Hold(logging.WARNING), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield held
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
