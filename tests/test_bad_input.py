@@ -373,7 +373,7 @@ def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys,
     import ray
 
     seen: dict[str, object] = {}
-    start_ray, check_model = berter.sweep.start_ray, berter.sweep._check_model
+    start_ray, check_model = berter.sweep.tuner.start_ray, berter.sweep.tuner._check_model
 
     def spy_start(*a, **k):
         seen["ray thread"] = threading.current_thread()

@@ -22,6 +22,7 @@ their own pooler, so the pooled vectors of different tasks live in different spa
 from __future__ import annotations
 
 import math
+import operator
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,10 +65,7 @@ class Confidence(ExitMethod):
             return torch.full((out.logits.shape[0],), -math.inf, device=out.logits.device), state
         return ctx.probs(i, out.logits).max(-1).values, state
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal >= param
+    fires_when = staticmethod(operator.ge)
 
 
 @EXIT_METHODS.register("entropy")
@@ -89,10 +87,7 @@ class Entropy(ExitMethod):
         p = ctx.probs(i, out.logits)
         return -(p * p.clamp(min=1e-12).log()).sum(-1), state
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal <= param
+    fires_when = staticmethod(operator.le)
 
 
 @EXIT_METHODS.register("lte")
@@ -155,10 +150,7 @@ class LearnToExit(ExitMethod):
     ) -> tuple[torch.Tensor, State]:
         return self.certainty(ctx.module, ctx.task, out), state
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal >= param
+    fires_when = staticmethod(operator.ge)
 
 
 @EXIT_METHODS.register("patience")
@@ -210,10 +202,7 @@ class Patience(ExitMethod):
             count = torch.where(agree, state["count"] + 1, torch.zeros_like(state["count"]))
         return count, {"pred": pred, "count": count}
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal >= param
+    fires_when = staticmethod(operator.ge)
 
 
 class LambdaNet(nn.Module):
@@ -332,10 +321,7 @@ class QExit(ExitMethod):
             cdf = 1.0 - log_stay.exp()
         return cdf, {"pooled": pooled, "log_stay": log_stay}
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal > param
+    fires_when = staticmethod(operator.gt)
 
 
 @EXIT_METHODS.register("berter")
