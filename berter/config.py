@@ -71,7 +71,7 @@ class Config:
     seed: int = 0
 
     # --- SMART ---
-    smart_eps: float = 1e-5  # std of the initial noise on word embeddings
+    smart_eps: float = 1e-5  # std of the initial noise on the embedding output
     smart_step: float = 1e-3  # ascent step size
     smart_lambda: float = 1.0  # weight of the adversarial term
     smart_steps: int = 1  # ascent steps K

@@ -14,6 +14,7 @@ from berter.exits.rules import EXIT_METHODS
 from berter.strategies import STRATEGIES, SequentialLayerFocus, build_strategy
 from berter.sweep.tuner import main_epochs
 from berter.train.run import TrainingRun
+from berter.variants import check
 
 TASKS = ("sst", "para", "sts")
 
@@ -274,7 +275,7 @@ def test_every_variant_trains_or_is_rejected_naming_the_conflict(
     axes = dict(smart=smart, cos_loss=cos_loss, concat=concat, slf=slf, strategy=strategy)
     cfg = tiny_config(max_train=8, **axes)
     try:
-        cfg.validate()
+        check(cfg)
     except ConfigError as exc:
         named = [f"{k}={v}" for k, v in axes.items() if f"{k}={v}" in str(exc)]
         assert len(named) >= 2, f"conflict message names fewer than two axes: {exc}"

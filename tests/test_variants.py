@@ -19,6 +19,7 @@ from berter.variants import (
     all_variants,
     apply_variant,
     axis_values,
+    check,
     select_variants,
     slug,
 )
@@ -73,7 +74,6 @@ def test_each_preset_sets_exactly_the_axes_its_row_name_says():
         assert (axes["exit_method"] == "berter") == early, name
         assert (axes["slf"] == "on") == name.startswith("SLF"), name
         assert (axes["smart"] == "all") == ("Full SMART" in name), name
-        assert axes["smart"] in ("off", "all"), name
         assert (axes["cos_loss"] == "on") == ("Cos Loss" in name), name
         assert (axes["concat"] == "before_embed") == ("Conc Before Embed" in name), name
         if "Smart Alt" in name:
@@ -84,6 +84,13 @@ def test_each_preset_sets_exactly_the_axes_its_row_name_says():
             assert axes["strategy"] == "alternating", name  # BERxiT's fine-tuning
         else:
             assert axes["strategy"] == "final", name
+
+
+def test_rows_after_the_full_smart_experiments_use_smart_on_paraphrase_only():
+    """BERTer 3.2: "we continued to employ SMART exclusively for paraphrase detection"."""
+    smart = {name: axes["smart"] for name, axes in PAPER_PRESETS.items()}
+    assert [smart[name] for name in TABLE2_ORDER[:4]] == ["off", "all", "off", "all"]
+    assert all(smart[name] == "para" for name in TABLE2_ORDER[4:])
 
 
 def test_presets_are_distinct_and_validate_once_the_hybrid_exit_is_registered(with_berter):
@@ -109,7 +116,7 @@ def test_all_variants_is_every_valid_combination_of_the_registries():
     for combo in itertools.product(*values.values()):
         axes = dict(zip(AXES, combo, strict=True))
         try:
-            Config(**axes).validate()
+            check(Config(**axes))
         except ConfigError:
             continue
         valid.append(axes)
@@ -195,7 +202,7 @@ def test_apply_variant_keeps_the_other_fields():
 )
 def test_conflicting_axes_are_rejected_naming_the_conflict(axes, named):
     with pytest.raises(ConfigError) as err:
-        Config(**axes).validate()
+        check(Config(**axes))
     assert all(n in str(err.value) for n in named)
 
 

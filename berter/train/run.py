@@ -184,6 +184,10 @@ class TrainingRun:
         else:
             self.forward = self.model
         self.strategy = build_strategy(cfg, self.model)
+        # the tasks SMART regularises; none at smart_lambda=0, which then trains as smart=off
+        # (computing a zero-weighted term would still draw noise and dropout masks)
+        smart = {t.name for t in self.tasks if cfg.smart in ("all", t.name)}
+        self.smart_tasks = smart if cfg.smart_lambda else set()
         self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.epoch = 0  # epochs completed
         self.train_seconds = 0.0
@@ -320,7 +324,7 @@ class TrainingRun:
             loss = self.method.training_loss(
                 task, outs, batch.labels, plan.exits, self.model.exit_module
             )
-            if self.cfg.smart == "all" or (self.cfg.smart == "para" and task.name == "para"):
+            if task.name in self.smart_tasks:
                 from berter.train.smart import smart_loss
 
                 loss = loss + self.cfg.smart_lambda * smart_loss(
