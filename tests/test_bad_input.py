@@ -352,7 +352,7 @@ def test_set_fixes_config_fields_that_are_not_searched(tmp_path):
     [
         ("berter.infer", ["ckpt", "data.csv", "--batch-size", "x"], "invalid int value: 'x'"),
         ("berter.infer", [], "required: checkpoint, datafile"),
-        ("berter.report.build", ["--nope"], "required: results"),
+        ("berter.report.cli", ["--nope"], "required: results"),
         ("berter.data.files", ["fetch"], "invalid choice: 'fetch'"),
         ("berter.data.files", ["check"], "required: dir"),
     ],

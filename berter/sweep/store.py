@@ -304,9 +304,7 @@ def read_results(path: str | Path, must_exist: bool = False) -> dict[str, pd.Dat
             table = empty[key].empty_table()
         if key == "trials":
             if "trial_id" not in table.column_names:
-                raise DataError(
-                    f"{where}/{fname} has no trial_id column: not a sweep results file"
-                )
+                raise DataError(f"{where}/{fname} has no trial_id column: not a sweep results file")
             table = with_later_settings(table)
         out[key] = table.to_pandas()
     return out
