@@ -17,7 +17,7 @@ import sys
 
 COMMANDS = {
     "sweep": ("berter.sweep.tuner", "run a hyperparameter sweep (Ray Tune + Optuna)"),
-    "report": ("berter.report.build", "comparison report of a sweep's results"),
+    "report": ("berter.report.cli", "comparison report of a sweep's results"),
     "infer": ("berter.infer", "early-exit inference from a saved checkpoint"),
     "data": ("berter.data.files", "download or check task data"),
     "train": ("berter.train.cli", "train and evaluate one configuration"),

@@ -11,6 +11,7 @@ import pytest
 from tiny import tiny_config
 
 from berter.config import AXES
+from berter.errors import DataError
 from berter.sweep.space import Variant
 from berter.sweep.store import (
     EXIT_SCHEMA,
@@ -205,6 +206,23 @@ def test_read_results_on_a_uri_and_with_nothing_written(tmp_path):
     via_uri = read_results(f"file://{tmp_path}")
     assert via_uri["trials"].trial_id.tolist() == ["a"]
     assert pd.read_parquet(tmp_path / "trials.parquet").trial_id.tolist() == ["a"]  # plain pandas
+
+
+def test_an_unreadable_results_file_is_one_data_error_naming_it(tmp_path):
+    (tmp_path / "epochs.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataError, match=r"cannot read .*epochs\.parquet"):
+        read_results(tmp_path)
+    with pytest.raises(DataError, match="cannot open results nosuchscheme://x"):
+        read_results("nosuchscheme://x")
+
+
+def test_pareto_front_keeps_ties_and_leaves_out_rows_missing_an_objective():
+    df = pd.DataFrame(
+        {"dev_score": [0.7, 0.7, 0.8, None], "train_seconds": [10.0, 10.0, 30.0, 1.0]},
+        index=list("abcd"),
+    )
+    front = pareto_front(df, ["dev_score", "train_seconds"], ["max", "min"])
+    assert front.index[0] == "c" and set(front.index[1:]) == {"a", "b"}  # equal: both stay
 
 
 def test_summarise_prefers_the_earliest_of_tied_best_epochs_and_skips_nan():

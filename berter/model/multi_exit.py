@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from berter.config import DEFAULT_MODEL, Config, layers_after_drop
 from berter.data.encode import packaged_model_path
-from berter.errors import ConfigError
+from berter.errors import ConfigError, first_line
 from berter.tasks import Batch, Task
 
 
@@ -290,8 +290,7 @@ def load_backbone(name: str, dropout: float) -> BertModel:
         config = AutoConfig.from_pretrained(path, hidden_dropout_prob=dropout)
         model = AutoModel.from_pretrained(path, config=config, add_pooling_layer=False)
     except Exception as exc:  # transformers raises many kinds; the user needs one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load model {name!r}: {first}") from None
+        raise ConfigError(f"cannot load model {name!r}: {first_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
