@@ -82,6 +82,9 @@ class Config:
 
     # --- SLF ---
     slf_fraction: float = 1.0  # fraction of an epoch spent on SLF, split over layers
+    # SLF's first slice also trains the embeddings: the paper (BERTer 3.3) updates only "the
+    # backbone model parameters corresponding to that layer"; on keeps the earlier behaviour
+    slf_embeddings: bool = False
 
     # --- exits ---
     exit_threshold: float | None = None  # None: chosen on the calibration slice
