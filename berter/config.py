@@ -98,6 +98,9 @@ class Config:
     qexit_beta: float = 0.5
     qexit_prior: float = 0.1
     qexit_q: float = 0.5
+    # LTE / Q-exit modules learn from the exits the strategy trains at a step only (the papers'
+    # "L_i + J_i"), not from all n at every step (the BERxiT and PALBERT reference code)
+    exit_module_trained_only: bool = False
     exit_distill: float = 0.0  # weight of trained intermediate exits matching the last (0: off)
     distill_temperature: float = 1.0  # softens both distributions of that match
 

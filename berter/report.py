@@ -55,7 +55,7 @@ HYPERPARAMETERS = (
     "grad_clip", "ema_decay", "layer_lr_decay", "task_weights", "smart_lambda", "smart_step",
     "smart_eps", "smart_steps", "cos_margin", "slf_fraction", "lte_lr", "lambda_lr", "patience",
     "exit_distill", "distill_temperature", "exit_threshold", "exit_tolerance", "exit_per_layer",
-    "exit_confidence", "slf_embeddings",
+    "exit_confidence", "slf_embeddings", "exit_module_trained_only",
 )  # fmt: skip
 PAPER_HYPERPARAMETERS = ("lr", "batch_size", "dropout", "epochs")  # shown when none vary
 

@@ -314,7 +314,8 @@ class TrainingRun:
     def loss_exits(self, plan: StepPlan) -> tuple[int, ...] | None:
         """The exits a step's loss reads (None: all), so the forward pass skips the rest.
 
-        Only the base exit loss is known to read nothing but the trained exits (Q-exit also
+        Only the base exit loss is known to read nothing but the trained exits (LTE and Q-exit
+        train their module on every exit, see ``cfg.exit_module_trained_only``; Q-exit also
         reads each one's predecessor); SMART reads the same exits as the loss.
         """
         if plan.exits and type(self.method).training_loss is ExitMethod.training_loss:

@@ -147,6 +147,52 @@ def test_alternating_even_steps_train_the_final_exit_odd_steps_all_exits(data):
     assert all(touched(moved, head("sst", i)) for i in range(3))
 
 
+def layers_reaching_the_exit_module(run: TrainingRun, plan, task: str) -> set[int]:
+    """0-based exits whose pooled vector the exit module reads in this step's loss with
+    gradient flowing back to the module (hooks record which head produced each read)."""
+    module = run.model.exit_module[task]
+    produced_by, reads = {}, []
+    hooks = [
+        run.model.heads[task][i].register_forward_hook(
+            lambda m, args, out, i=i: produced_by.__setitem__(id(out[1]), i)
+        )
+        for i in range(run.model.num_layers)
+    ]
+    hooks.append(module.register_forward_hook(lambda m, args, out: reads.append((args[0], out))))
+    run.apply_trainable(plan)
+    loss = run.step_loss(batch_of(run, task), plan)
+    for hook in hooks:
+        hook.remove()
+    if not reads:
+        return set()
+    grads = torch.autograd.grad(loss, [out for _, out in reads], allow_unused=True)
+    return {
+        produced_by[id(x)]
+        for (x, _), g in zip(reads, grads, strict=True)
+        if g is not None and g.abs().sum() > 0
+    }
+
+
+@pytest.mark.parametrize(
+    ("exit_method", "task", "every", "restricted"),
+    [
+        ("lte", "sst", {0, 1, 2}, {2}),
+        ("berter", "sts", {0, 1, 2}, {2}),  # the hybrid's LTE, for regression
+        ("qexit", "sst", {0, 1}, set()),  # the last exit takes the remaining mass: no Lambda
+    ],
+)
+@pytest.mark.parametrize("trained_only", [False, True])
+def test_on_an_alternating_final_exit_step_the_exit_module_learns_from_every_layer(
+    data, exit_method, task, every, restricted, trained_only
+):
+    restrict = {"exit_module_trained_only": True} if trained_only else {}  # default: every
+    run = make_run(data, strategy="alternating", exit_method=exit_method, **restrict)
+    plan = run.strategy.step(0, 0, 10)
+    assert plan.exits == (2,)
+    expected = restricted if trained_only else every
+    assert layers_reaching_the_exit_module(run, plan, task) == expected
+
+
 def test_alternating_step_count_restarts_each_epoch(data):
     s = make_run(data, strategy="alternating").strategy
     assert [s.step(e, k, 5).exits == (2,) for e in (0, 1) for k in range(3)] == [
