@@ -82,6 +82,9 @@ class Config:
 
     # --- SLF ---
     slf_fraction: float = 1.0  # fraction of an epoch spent on SLF, split over layers
+    # SLF's first slice also trains the embeddings: the paper (BERTer 3.3) updates only "the
+    # backbone model parameters corresponding to that layer"; on keeps the earlier behaviour
+    slf_embeddings: bool = False
 
     # --- exits ---
     exit_threshold: float | None = None  # None: chosen on the calibration slice
@@ -95,6 +98,9 @@ class Config:
     qexit_beta: float = 0.5
     qexit_prior: float = 0.1
     qexit_q: float = 0.5
+    # LTE / Q-exit modules learn from the exits the strategy trains at a step only (the papers'
+    # "L_i + J_i"), not from all n at every step (the BERxiT and PALBERT reference code)
+    exit_module_trained_only: bool = False
     exit_distill: float = 0.0  # weight of trained intermediate exits matching the last (0: off)
     distill_temperature: float = 1.0  # softens both distributions of that match
 

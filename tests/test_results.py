@@ -260,6 +260,24 @@ def test_trials_written_before_a_setting_existed_read_back_at_its_default(tmp_pa
     assert pq.read_table(path).column("layer_lr_decay").to_pylist() == [1.0]
 
 
+def test_trials_written_before_slf_embeddings_and_the_exit_module_rule_read_back_as_trained(
+    tmp_path,
+):
+    w = writer(tmp_path)
+    t = make_trial("a")
+    w.on_trial_start(0, [], t)
+    w.on_trial_result(0, [], t, result(1, 0.5))
+    w.on_trial_complete(0, [], t)
+    path = tmp_path / "trials.parquet"
+    assert pq.read_table(path).column("slf_embeddings").to_pylist() == [False]  # new trials
+    old = ["slf_embeddings", "exit_module_trained_only"]
+    pq.write_table(pq.read_table(path).drop_columns(old), path)
+
+    row = read_results(tmp_path)["trials"].iloc[0]
+    # SLF trained the embeddings in slice 1, and exit modules saw only the trained exits
+    assert bool(row.slf_embeddings) and bool(row.exit_module_trained_only)
+
+
 def test_per_layer_thresholds_are_a_list_column_with_nan_for_never(tmp_path):
     w = writer(tmp_path)
     t = make_trial("a")

@@ -93,6 +93,7 @@ HYPERPARAMETERS: list[tuple[str, pa.DataType]] = [
     ("smart_steps", I64), ("cos_margin", F64), ("slf_fraction", F64), ("lte_lr", F64),
     ("lambda_lr", F64), ("patience", I64), ("qexit_beta", F64), ("qexit_prior", F64),
     ("qexit_q", F64), ("regression_delta", F64), ("exit_distill", F64),
+    ("slf_embeddings", BOOL), ("exit_module_trained_only", BOOL),
     ("distill_temperature", F64), ("exit_threshold", F64),
     ("exit_tolerance", F64), ("exit_per_layer", BOOL), ("exit_confidence", F64),
     ("max_len", I64), ("max_train", I64), ("max_dev", I64),
@@ -184,11 +185,17 @@ def _pylist(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
+# Settings whose Config default is not what trials written before the setting existed
+# trained with: the value that reproduces the behaviour they had.
+BEFORE_SETTING = {"slf_embeddings": True, "exit_module_trained_only": True}
+
+
 def with_later_settings(table: pa.Table) -> pa.Table:
     """A trials table written before some setting existed, with that setting's column added
-    at its ``Config`` default: the value those trials trained with, in effect, so old and new
-    trials compare (and a resumed old sweep keeps one column type)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    at the value those trials trained with, in effect (its ``Config`` default unless
+    ``BEFORE_SETTING`` says otherwise), so old and new trials compare (and a resumed old sweep
+    keeps one column type)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)} | BEFORE_SETTING
     for name, typ in HYPERPARAMETERS:
         value = defaults.get(name, dataclasses.MISSING)
         if name in table.column_names or not isinstance(value, (bool, int, float, str)):
