@@ -27,12 +27,17 @@ COMMANDS = {
 def usage() -> str:
     lines = ["usage: berter COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "berter COMMAND --help shows a command's options."]
+    lines += ["", "berter COMMAND --help shows a command's options; berter --version its version."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--version"]:
+        from berter import __version__
+
+        print(f"berter {__version__}")
+        return 0
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0 if args else 2
