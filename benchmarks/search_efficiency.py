@@ -50,7 +50,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from berter.errors import (  # noqa: E402
     ArgumentParser,

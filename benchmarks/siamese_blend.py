@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from berter.checkpoint import run_from_checkpoint  # noqa: E402
 from berter.errors import ArgumentParser, ConfigError, one_line_errors, positive_int  # noqa: E402

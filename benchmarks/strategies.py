@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from berter.config import Config  # noqa: E402
 from berter.errors import ArgumentParser, one_line_errors, positive_float, positive_int  # noqa: E402

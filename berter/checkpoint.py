@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from berter.config import Config
-from berter.errors import DataError
+from berter.errors import DataError, first_line
 from berter.exits.base import (
     Param,
     Thresholds,
@@ -121,8 +121,7 @@ def load_model(
             state = state["model"]
         model.load_state_dict(state)
     except (OSError, RuntimeError, EOFError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{weights}: cannot load the weights: {first}") from None
+        raise DataError(f"{weights}: cannot load the weights: {first_line(e)}") from None
     try:
         thresholds = {name: as_param(exits.get("thresholds", {}).get(name)) for name in cfg.tasks}
     except (TypeError, ValueError) as e:

@@ -17,7 +17,7 @@ import sys
 
 COMMANDS = {
     "sweep": ("berter.sweep.cli", "run a hyperparameter sweep (Ray Tune + Optuna)"),
-    "report": ("berter.report.build", "comparison report of a sweep's results"),
+    "report": ("berter.report.cli", "comparison report of a sweep's results"),
     "infer": ("berter.infer", "early-exit inference from a saved checkpoint"),
     "data": ("berter.data.files", "download or check task data"),
     "train": ("berter.train.cli", "train and evaluate one configuration"),
@@ -27,12 +27,17 @@ COMMANDS = {
 def usage() -> str:
     lines = ["usage: berter COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "berter COMMAND --help shows a command's options."]
+    lines += ["", "berter COMMAND --help shows a command's options; berter --version its version."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--version"]:
+        from berter import __version__
+
+        print(f"berter {__version__}")
+        return 0
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0 if args else 2

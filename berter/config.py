@@ -75,7 +75,7 @@ class Config:
     seed: int = 0
 
     # --- SMART ---
-    smart_eps: float = 1e-5  # std of the initial noise on word embeddings
+    smart_eps: float = 1e-5  # std of the initial noise on the embedding output
     smart_step: float = 1e-3  # ascent step size
     smart_lambda: float = 1.0  # weight of the adversarial term
     smart_steps: int = 1  # ascent steps K
@@ -86,6 +86,9 @@ class Config:
 
     # --- SLF ---
     slf_fraction: float = 1.0  # fraction of an epoch spent on SLF, split over layers
+    # SLF's first slice also trains the embeddings: the paper (BERTer 3.3) updates only "the
+    # backbone model parameters corresponding to that layer"; on keeps the earlier behaviour
+    slf_embeddings: bool = False
 
     # --- exits ---
     exit_threshold: float | None = None  # None: chosen on the calibration slice
@@ -99,6 +102,9 @@ class Config:
     qexit_beta: float = 0.5
     qexit_prior: float = 0.1
     qexit_q: float = 0.5
+    # LTE / Q-exit modules learn from the exits the strategy trains at a step only (the papers'
+    # "L_i + J_i"), not from all n at every step (the BERxiT and PALBERT reference code)
+    exit_module_trained_only: bool = False
     exit_distill: float = 0.0  # weight of trained intermediate exits matching the last (0: off)
     distill_temperature: float = 1.0  # softens both distributions of that match
 

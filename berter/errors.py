@@ -19,6 +19,16 @@ class ConfigError(BerterError):
     """A config value, a variant combination or a command-line option is invalid."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, else its type's name: libraries
+    (transformers, pyarrow, torch) put a paragraph or a traceback into one message, and a
+    user's one-line error needs only its opening line."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
 class RaisingArgumentParser(argparse.ArgumentParser):
     """argparse whose malformed options raise ConfigError, for a ``main`` that already turns
     BerterError into one line and exit 2."""

@@ -1,12 +1,14 @@
 """Fine-tuning strategies: which exits' losses count, and which weights move, at each step.
 
 With L_i the summed task loss of exit i (1-based in the papers, 0-based here) and n
-layers, a strategy answers two questions for the training loop:
+layers, a strategy answers the training loop's questions:
 - ``epoch_phase(epoch)``: the phase that epoch belongs to. A new phase gets a fresh
   optimizer and learning-rate schedule (two-stage's second stage, SLF -> main).
 - ``step(epoch, step, num_steps)``: a :class:`StepPlan`, the exits whose losses are summed,
   the parameters that are trainable (None = all) and whether the last exit may teach the
   others (``cfg.exit_distill``).
+- ``lr_segments(phase, total_steps)``: the runs of a phase's steps that each get their own
+  linear warmup and decay (one run, the whole phase, except in SLF's leading epoch).
 ``end_epoch(epoch, dev_score)`` lets a strategy react to validation (smart alternating).
 A new strategy is one class here, decorated with ``@STRATEGIES.register(name)``.
 
@@ -21,7 +23,8 @@ Sequential Layer Focus):
 - ``smart_alt``: one objective per epoch, L_n first; after each validation keep it if the
   dev score improved, else switch to the other.
 - ``slf=on`` wraps any of them in :class:`SequentialLayerFocus`: one leading epoch that trains
-  encoder layer i and exit head i on L_i, layer by layer, before the main strategy.
+  encoder layer i and exit head i on L_i, layer by layer, each layer's slice with its own
+  learning-rate warmup and decay, before the main strategy.
 
 Trainable sets are frozensets of parameter names (``model.named_parameters()``), built once;
 the loop re-applies ``requires_grad`` only when the set object changes. Parameters of the exit
@@ -111,6 +114,11 @@ class Strategy:
     def epoch_fraction(self, epoch: int) -> float:
         """Fraction of an epoch's batches this epoch visits (SLF uses a slice)."""
         return 1.0
+
+    def lr_segments(self, phase: str, total_steps: int) -> list[int]:
+        """Lengths of the consecutive runs of a phase's ``total_steps`` steps that each get
+        their own linear warmup and decay; by default one run, the whole phase."""
+        return [total_steps]
 
     def step(self, epoch: int, step: int, num_steps: int) -> StepPlan:
         return StepPlan(exits=(self.n - 1,))
@@ -245,10 +253,29 @@ class SmartAlternating(Strategy):
 class SequentialLayerFocus(Strategy):
     """BERTer's Sequential Layer Focus, followed by any strategy as the global refinement.
 
-    One leading epoch (phase ``slf``, ``cfg.slf_fraction`` of the batches) is split into n
-    equal slices; slice i trains only encoder layer i (and the embeddings for i = 0) and
-    exit head i on L_i. Then the wrapped strategy runs with its epochs shifted by one, with a
-    fresh optimizer since its phases are named differently.
+    BERTer paper, section 3.3, stage 1: "Fine-tune each layer individually, updating only the
+    layer-specific classifier and the backbone model parameters corresponding to that layer",
+    so that "each layer is first trained to optimal performance in isolation"; stage 2
+    jointly refines the whole network.
+
+    Here stage 1 is one leading epoch (phase ``slf``, ``cfg.slf_fraction`` of the batches)
+    split into n equal slices; slice i trains only encoder layer i and exit head i (plus the
+    exit method's module, see the module docstring) on L_i. The embeddings are not "parameters
+    corresponding to" a layer, so they stay frozen unless ``cfg.slf_embeddings`` adds them to
+    slice 1 (what SLF did before that field existed).
+
+    Each slice gets its own learning-rate schedule: a linear warmup over ``cfg.warmup_ratio``
+    of the slice, then a linear decay to 0 at its end, the shape every other phase uses over
+    its whole length. A slice is a small fine-tuning run of its own: its weights start with
+    no optimiser state under a freshly initialised head, whose first gradients are the
+    largest and least informative, which a warmup keeps off the pretrained layer; and it
+    should end settled (the paper's "optimal performance in isolation"), which a decay gives
+    and a constant rate does not. One schedule over the whole epoch (the earlier behaviour)
+    spent most of slice 1 warming up and trained the last layer's slice at about a tenth of
+    the peak rate.
+
+    Then the wrapped strategy runs (stage 2) with its epochs shifted by one, with a fresh
+    optimizer and schedule since its phases are named differently.
     """
 
     def __init__(self, inner: Strategy, cfg: Config, model: nn.Module):
@@ -256,7 +283,7 @@ class SequentialLayerFocus(Strategy):
         self.inner = inner
         self.name = f"slf+{inner.name}"
         module = exit_module_parameters(model)
-        embeddings = list(model.bert.embeddings.parameters())
+        embeddings = model.embedding_parameters() if cfg.slf_embeddings else []
         self.layers = [
             parameter_names(
                 model,
@@ -281,6 +308,14 @@ class SequentialLayerFocus(Strategy):
     def layer_at(self, step: int, num_steps: int) -> int:
         """Layer trained at this step of the SLF epoch: n equal slices, in order."""
         return min(self.n - 1, step * self.n // max(num_steps, 1))
+
+    def lr_segments(self, phase: str, total_steps: int) -> list[int]:
+        """SLF's phase is its one epoch, so its steps are that epoch's batches: one run per
+        layer's slice (empty for a layer with no step, in an epoch shorter than n)."""
+        if phase != "slf":
+            return self.inner.lr_segments(phase, total_steps)
+        layers = [self.layer_at(k, total_steps) for k in range(total_steps)]
+        return [layers.count(i) for i in range(self.n)]
 
     def step(self, epoch: int, step: int, num_steps: int) -> StepPlan:
         if epoch > 0:

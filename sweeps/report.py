@@ -5,7 +5,7 @@ See ``python sweeps/report.py --help`` and :mod:`berter.report`.
 
 import sys
 
-from berter.report.build import main
+from berter.report.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,7 @@ import pytest
 
 import berter.sweep.plan
 import berter.sweep.tuner
+from berter.errors import first_line
 from berter.sweep.cli import main as sweep_main
 from berter.sweep.plan import SWEEP_FILE
 from berter.sweep.trainable import FAULT_ENV
@@ -370,7 +371,7 @@ def test_the_sweep_and_the_training_command_line_read_a_field_with_one_parser(ca
     [
         ("berter.infer", ["ckpt", "data.csv", "--batch-size", "x"], "invalid int value: 'x'"),
         ("berter.infer", [], "required: checkpoint, datafile"),
-        ("berter.report.build", ["--nope"], "required: results"),
+        ("berter.report.cli", ["--nope"], "required: results"),
         ("berter.data.files", ["fetch"], "invalid choice: 'fetch'"),
         ("berter.data.files", ["check"], "required: dir"),
     ],
@@ -416,3 +417,10 @@ def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys,
     assert seen["check thread"] is not threading.main_thread()
     assert not ray.is_initialized()
     assert snapshot(tmp_path) == before
+
+
+def test_an_error_line_is_the_first_non_blank_line_of_the_exception_or_its_type():
+    exc = ValueError("\n  cannot open s3://b/x  \nTraceback (most recent call last):\n  ...")
+    assert first_line(exc) == "cannot open s3://b/x"
+    assert first_line(OSError()) == "OSError"
+    assert first_line(RuntimeError("   \n\t")) == "RuntimeError"

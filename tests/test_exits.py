@@ -218,23 +218,39 @@ def test_learned_exit_losses_are_finite_and_reach_module_and_backbone(
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
-def test_lte_loss_is_task_loss_plus_certainty_mse(tiny_model_and_batches):
+@pytest.mark.parametrize("trained_only", [False, True])
+def test_lte_loss_is_the_trained_task_losses_plus_certainty_mse_of_every_or_the_trained_exits(
+    tiny_model_and_batches, trained_only
+):
     tasks, batches = tiny_model_and_batches
-    cfg, model = build("lte", tasks)
+    restrict = {"exit_module_trained_only": True} if trained_only else {}  # default: every
+    cfg = tiny_config(strategy="joint", exit_method="lte", **restrict)
+    model = MultiExitBert.from_config(
+        cfg, tasks, backbone=tiny_backbone(), exit_module=build_exit_method(cfg).build_module
+    )
     m = build_exit_method(cfg)
     batch = batches["sts"]
     with torch.no_grad():
         outs = model.eval()(batch)
         loss = m.training_loss(STS, outs, batch.labels, (1,), model.exit_module)
-        u = torch.sigmoid(model.exit_module["sts"](outs[1].pooled).squeeze(-1))
-        target = 1 - torch.tanh((outs[1].logits - batch.labels).abs())
-        expected = task_loss(STS, outs[1], batch.labels) + ((u - target) ** 2).mean()
+        j = []
+        for o in outs:
+            u = torch.sigmoid(model.exit_module["sts"](o.pooled).squeeze(-1))
+            target = 1 - torch.tanh((o.logits - batch.labels).abs())
+            j.append(((u - target) ** 2).mean())
+        certainty = j[1] if trained_only else sum(j) / 3  # BERxiT's code: the mean over layers
+        expected = task_loss(STS, outs[1], batch.labels) + certainty
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_qexit_on_a_single_trained_exit_is_the_plain_task_loss(tiny_model_and_batches):
+def test_qexit_restricted_to_a_single_trained_exit_is_the_plain_task_loss(
+    tiny_model_and_batches,
+):
     tasks, batches = tiny_model_and_batches
-    cfg, model = build("qexit", tasks)
+    cfg = tiny_config(strategy="joint", exit_method="qexit", exit_module_trained_only=True)
+    model = MultiExitBert.from_config(
+        cfg, tasks, backbone=tiny_backbone(), exit_module=build_exit_method(cfg).build_module
+    )
     m = build_exit_method(cfg)
     batch = batches["sst"]
     outs = model(batch)
@@ -243,6 +259,58 @@ def test_qexit_on_a_single_trained_exit_is_the_plain_task_loss(tiny_model_and_ba
     assert loss.item() == pytest.approx(task_loss(SST, outs[last], batch.labels).item(), rel=1e-6)
     loss.backward()
     assert all(p.grad is None for p in model.exit_module.parameters())
+
+
+def test_qexit_on_a_single_trained_exit_adds_palberts_loss_over_every_exit(
+    tiny_model_and_batches,
+):
+    tasks, batches = tiny_model_and_batches
+    cfg = tiny_config(strategy="joint", exit_method="qexit", qexit_prior=0.1, qexit_beta=0.5)
+    model = MultiExitBert.from_config(
+        cfg, tasks, backbone=tiny_backbone(), exit_module=build_exit_method(cfg).build_module
+    )
+    model.exit_module = constant_lambda_module(0.1, hidden=32)  # halting = prior: no KL
+    m = build_exit_method(cfg)
+    batch = batches["sst"]
+    with torch.no_grad():
+        outs = model.eval()(batch)
+        loss = m.training_loss(SST, outs, batch.labels, (2,), model.exit_module)
+        prior = torch.tensor([0.1, 0.09, 0.81])
+        ce = torch.nn.functional.cross_entropy
+        per_layer = torch.stack([ce(o.logits, batch.labels, reduction="none") for o in outs])
+        expected = (
+            task_loss(SST, outs[2], batch.labels) + (prior[:, None] * per_layer).sum(0).mean()
+        )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def leaf_outputs(layers: int = 3, batch: int = 4, hidden: int = 32) -> list[ExitOutput]:
+    """SST exit outputs whose logits and pooled vectors are leaves, to see what gets gradient."""
+    torch.manual_seed(0)
+    return [
+        ExitOutput(
+            torch.randn(batch, 5, requires_grad=True),
+            torch.randn(batch, hidden, requires_grad=True),
+        )
+        for _ in range(layers)
+    ]
+
+
+@pytest.mark.parametrize("name", ["lte", "qexit"])
+@pytest.mark.parametrize("trained_only", [False, True])
+def test_on_a_final_exit_step_the_module_reads_earlier_exits_but_not_their_task_losses(
+    name, trained_only
+):
+    m = method(name, **({"exit_module_trained_only": True} if trained_only else {}))
+    module = m.build_module(32, [SST])
+    outs = leaf_outputs()
+    m.training_loss(SST, outs, torch.tensor([0, 1, 2, 3]), (2,), module).backward()
+    for o in outs[:2]:
+        assert o.logits.grad is None  # no task loss or certainty target of an untrained exit
+        # the module's input is not detached (BERxiT's and PALBERT's code): gradient flows on
+        assert (o.pooled.grad is not None and o.pooled.grad.abs().sum() > 0) != trained_only
+    module_moves = any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert module_moves == (name == "lte" or not trained_only)
 
 
 def test_qexit_kl_vanishes_when_halting_matches_the_prior(tiny_model_and_batches):

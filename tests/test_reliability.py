@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import ray
@@ -33,6 +34,8 @@ from tiny import tiny_config
 from berter.config import AXES
 from berter.errors import ConfigError
 from berter.sweep.cli import main as sweep_main
+from berter.sweep.searcher import make_searcher
+from berter.sweep.space import parse_search
 from berter.sweep.store import FILES, read_results
 from berter.sweep.trainable import (
     CHECKPOINT_FILE,
@@ -258,6 +261,21 @@ def test_transient_failure_is_retried_from_its_checkpoint(faulty_sweep):
     events = [(k, e) for k, t, e in Recorder.events if t == trial_id]
     assert events == [("epoch", 1), ("retry", None), ("epoch", 2)]  # epoch 1 not trained again
     assert "retrying from its last checkpoint" in faulty_sweep["out"]
+
+
+def test_diverged_and_errored_trials_are_failed_in_the_optuna_study(faulty_sweep):
+    """Told as complete with its last score, a diverged trial could be the study's best and
+    pull TPE toward diverging settings. The study is the searcher state Tune saved."""
+    searcher = make_searcher(
+        parse_search("lr"), ["v"], algorithm="optuna", metric="dev_score", mode="max", seed=0,
+        num_samples=4,
+    )  # fmt: skip
+    searcher.restore_from_dir(str(faulty_sweep["dir"] / "ray"))
+    study, roles = searcher._ot_study, faulty_sweep["roles"]
+    state = {role: study.trials[searcher._ot_trials[t].number].state for role, t in roles.items()}
+    failed, complete = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
+    assert state == {"raises": failed, "diverges": failed, "transient": complete, "fine": complete}
+    assert study.best_trial.number != searcher._ot_trials[roles["diverges"]].number
 
 
 # ----------------------------------------------------------------------------- 5. disk

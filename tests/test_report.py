@@ -14,8 +14,23 @@ import pytest
 from matplotlib.image import imread
 from results_fixture import REPEATED, synthetic_results, write_results
 
-from berter.config import AXES
-from berter.report import build as rp
+import berter.sweep.store
+from berter.config import AXES, Config
+from berter.errors import DataError
+from berter.report.analysis import (
+    Report,
+    build_report,
+    early_exit_point,
+    finished_trials,
+    prepare_trials,
+)
+from berter.report.cells import DASH, format_duration
+from berter.report.cli import main
+from berter.report.figures import FIGURE_NAMES, add_figures
+from berter.report.hyperparameters import HYPERPARAMETERS, importance
+from berter.report.render import write_report
+from berter.sweep.space import SPACE
+from berter.sweep.store import read_results
 from berter.variants import PAPER_TABLE2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +44,16 @@ def sweep(tmp_path_factory) -> tuple[Path, dict[str, pd.DataFrame]]:
     return write_results(tmp_path_factory.mktemp("results") / "paper", tables), tables
 
 
+def full_report(path) -> Report:
+    """What the command line builds: the tables, then the figures."""
+    report = build_report(path)
+    add_figures(report)
+    return report
+
+
 @pytest.fixture(scope="module")
-def report(sweep) -> rp.Report:
-    return rp.build_report(sweep[0])
+def report(sweep) -> Report:
+    return full_report(sweep[0])
 
 
 def done(trials: pd.DataFrame) -> pd.DataFrame:
@@ -91,14 +113,25 @@ def test_variant_table_is_sorted_by_dev_score_with_table2_columns_and_hh_mm_ss(s
 @pytest.mark.parametrize(
     "seconds, text",
     [(0, "00:00:00"), (59.6, "00:01:00"), (3725.4, "01:02:05"), (90061, "25:01:01"),
-     (float("nan"), rp.DASH), (None, rp.DASH)],
+     (float("nan"), DASH), (None, DASH)],
 )  # fmt: skip
 def test_format_duration_is_hh_mm_ss(seconds, text):
-    assert rp.format_duration(seconds) == text
+    assert format_duration(seconds) == text
 
 
 def test_hyperparameter_columns_are_the_ones_that_vary(report):
     assert report.hyperparameters == ["lr", "batch_size", "dropout"]  # the fixture's search
+
+
+def test_a_searchable_setting_that_varies_is_shown_and_ranked(tmp_path, sweep):
+    """The report's hyperparameters are the search space's: qexit_beta (searchable, and once
+    missing from the report's own list) appears in the table and the importance when it varies."""
+    tables = {k: v.copy() for k, v in sweep[1].items()}
+    tables["trials"]["qexit_beta"] = np.linspace(0.1, 1.0, len(tables["trials"]))
+    rep = build_report(write_results(tmp_path / "r", tables))
+    assert rep.hyperparameters == ["lr", "batch_size", "dropout", "qexit_beta"]  # SPACE's order
+    assert "qexit_beta" in rep.variant_table().columns and "qexit_beta" in rep.importance
+    assert set(HYPERPARAMETERS) == {p.field for p in SPACE if p.kind != "axis"}
 
 
 def test_ablation_means_match_the_finished_trials(sweep, report):
@@ -141,7 +174,7 @@ def test_summary_names_best_fastest_within_a_point_and_best_exit_point(tmp_path,
     runner_up = others.loc[others["dev_score"].idxmax()]
     trials.loc[trials["trial_id"] == runner_up["trial_id"], "train_seconds"] = 600.0
 
-    rep = rp.build_report(write_results(tmp_path / "r", tables), figures=False)
+    rep = build_report(write_results(tmp_path / "r", tables))
     assert rep.summary.startswith(
         f"Best variant: {best['preset']} with dev score {best['dev_score']:.3f}"
     )
@@ -156,29 +189,29 @@ def test_summary_names_best_fastest_within_a_point_and_best_exit_point(tmp_path,
 
 
 def test_early_exit_point_requires_score_within_one_percent(sweep):
-    trials = rp.prepare_trials(sweep[1]["trials"])
-    fin = rp.finished_trials(trials).copy()
+    trials = prepare_trials(sweep[1]["trials"])
+    fin = finished_trials(trials).copy()
     fin["dev_score_exit"] = fin["dev_score"] * 0.98  # every exit loses 2%
-    assert rp.early_exit_point(fin) is None
-    assert rp.early_exit_point(fin, tolerance=0.025) is not None
+    assert early_exit_point(fin) is None
+    assert early_exit_point(fin, tolerance=0.025) is not None
 
 
 def test_running_sweep_without_finished_trials_reports_status_only(tmp_path):
     tables = synthetic_results()
     tables["trials"]["status"] = "running"
-    rep = rp.build_report(write_results(tmp_path / "live", tables))
+    rep = full_report(write_results(tmp_path / "live", tables))
     assert rep.variants.empty and rep.variant_table().empty
     assert rep.summary.startswith("No finished trial yet: 12 trials")
     assert any("at least" in n for n in rep.notes)
-    paths = rp.write_report(rep, tmp_path / "out")
+    paths = write_report(rep, tmp_path / "out")
     assert "12 running" in paths[0].read_text()
 
 
 # ----------------------------------------------------------------------------- importance
 def test_importance_ranks_the_parameter_that_drives_the_score(sweep):
-    trials = rp.prepare_trials(synthetic_results()["trials"])
+    trials = prepare_trials(synthetic_results()["trials"])
     trials["dev_score"] = 0.4 + 0.05 * np.log10(trials["lr"] / 5e-6) + 0.001 * trials["dropout"]
-    imp, evaluator, note = rp.importance(trials)
+    imp, evaluator, note = importance(trials)
     assert note is None and evaluator in ("fANOVA", "PED-ANOVA")
     assert set(imp) == {"lr", "batch_size", "dropout", "variant"}  # only what varies
     assert max(imp, key=imp.get) == "lr"
@@ -186,19 +219,19 @@ def test_importance_ranks_the_parameter_that_drives_the_score(sweep):
 
 
 def test_importance_with_too_few_or_constant_trials_is_a_note():
-    trials = rp.prepare_trials(synthetic_results()["trials"])
-    imp, _, note = rp.importance(trials.head(3))
+    trials = prepare_trials(synthetic_results()["trials"])
+    imp, _, note = importance(trials.head(3))
     assert imp == {} and "at least 5" in note
     same = trials.assign(lr=1e-5, batch_size=16, dropout=0.3, variant="v")
-    imp, _, note = rp.importance(same)
+    imp, _, note = importance(same)
     assert imp == {} and "no hyperparameter varies" in note
 
 
 def test_importance_falls_back_to_optuna_default_without_scikit_learn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
-    trials = rp.prepare_trials(synthetic_results()["trials"])
+    trials = prepare_trials(synthetic_results()["trials"])
     trials["dev_score"] = 0.4 + 0.05 * np.log10(trials["lr"] / 5e-6)
-    imp, evaluator, _ = rp.importance(trials)
+    imp, evaluator, _ = importance(trials)
     assert evaluator == "PED-ANOVA" and max(imp, key=imp.get) == "lr"
 
 
@@ -223,7 +256,7 @@ def test_missing_per_task_layer_columns_fall_back_to_fixed_layer_exits(tmp_path,
     tables = {k: v.copy() for k, v in sweep[1].items()}
     layer_cols = [c for c in tables["trials"].columns if c.endswith("_layers")]
     tables["trials"] = tables["trials"].drop(columns=layer_cols)
-    rep = rp.build_report(write_results(tmp_path / "r", tables), figures=False)
+    rep = build_report(write_results(tmp_path / "r", tables))
     lw = rep.layerwise.set_index(["strategy", "curve"])
     final = lw.loc[("final", "SST")]  # exit method none: the fixed-layer curve in exits.parquet
     original = sweep[1]["trials"].set_index("trial_id").loc[final["trial_id"], "sst_acc_layers"]
@@ -237,19 +270,19 @@ def test_missing_exits_and_epochs_skip_their_plots_with_notes(tmp_path, sweep):
     root = write_results(
         tmp_path / "r", {"trials": sweep[1]["trials"].drop(columns="layer_scores")}
     )
-    rep = rp.build_report(root)
+    rep = full_report(root)
     names = {f.name for f in rep.figures}
     assert "tradeoff_exit" not in names and "dev_per_epoch" not in names
     assert {"dev_vs_time", "hyperparameters"} <= names
     assert any("exits.parquet" in n for n in rep.notes)
     assert any("epochs.parquet" in n for n in rep.notes)
-    md = rp.write_report(rep, tmp_path / "out")[0].read_text()
+    md = write_report(rep, tmp_path / "out")[0].read_text()
     assert "## Notes" in md
 
 
 # ----------------------------------------------------------------------------- files
 def test_write_report_writes_markdown_html_and_pngs(tmp_path, report):
-    paths = rp.write_report(report, tmp_path)
+    paths = write_report(report, tmp_path)
     md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
     assert paths[:2] == [tmp_path / "report.md", tmp_path / "report.html"]
     header = "| " + " | ".join(report.variant_table().columns) + " |"
@@ -257,7 +290,7 @@ def test_write_report_writes_markdown_html_and_pngs(tmp_path, report):
     for _, row in report.variant_table().iterrows():
         assert "| " + " | ".join(row.astype(str)) + " |" in md
         assert row["Best Trial"] in page
-    assert {f.name for f in report.figures} == set(rp.FIGURE_NAMES)
+    assert {f.name for f in report.figures} == set(FIGURE_NAMES)
     linked_md = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     linked_html = re.findall(r'<img src="([^"]+)"', page)
     assert sorted(linked_md) == sorted(linked_html) == sorted(f.filename for f in report.figures)
@@ -268,10 +301,10 @@ def test_write_report_writes_markdown_html_and_pngs(tmp_path, report):
 
 def test_write_report_removes_figures_a_rerun_skipped(tmp_path, report):
     (tmp_path / "importance.png").write_bytes(b"old")
-    rep = rp.Report(
+    rep = Report(
         **{**report.__dict__, "figures": [f for f in report.figures if f.name != "importance"]}
     )
-    rp.write_report(rep, tmp_path)
+    write_report(rep, tmp_path)
     assert not (tmp_path / "importance.png").exists()
     assert (tmp_path / "layerwise.png").exists()
 
@@ -288,7 +321,7 @@ def test_html_images_load_in_headless_chromium(tmp_path, report):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed")
-    rp.write_report(report, tmp_path)
+    write_report(report, tmp_path)
     page = tmp_path / "report.html"
     probe = tmp_path / "probe.html"  # a copy with a load-status probe and a broken image
     probe.write_text(page.read_text().replace("</body>", PROBE))
@@ -320,7 +353,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
         (path / "trials.parquet").write_bytes(b"PAR1 this is not parquet")
     if case == "not_results":
         pd.DataFrame({"x": [1]}).to_parquet(path / "trials.parquet")
-    assert rp.main([str(path)]) == 2
+    assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert str(path) in err
@@ -344,9 +377,9 @@ def test_report_script_prints_tables_and_writes_files(tmp_path, sweep):
 
 def test_file_uri_reads_the_same_results_and_writes_next_to_them(tmp_path, sweep, report):
     root = write_results(tmp_path / "copy", sweep[1])
-    rep = rp.build_report(root.as_uri(), figures=False)
+    rep = build_report(root.as_uri())
     assert rep.variant_table().equals(report.variant_table())
-    assert rp.main([root.as_uri(), "--quiet"]) == 0
+    assert main([root.as_uri(), "--quiet"]) == 0
     assert (root / "report.html").exists()
 
 
@@ -366,21 +399,47 @@ def test_object_store_uri_is_read_through_pyarrow_and_needs_out(
             len("s3://bucket/") :
         ]
 
-    monkeypatch.setattr(rp, "_from_uri", fake_from_uri)
+    monkeypatch.setattr(berter.sweep.store, "_from_uri", fake_from_uri)
     uri = "s3://bucket/sweeps/paper"
-    rep = rp.build_report(uri, figures=False)
+    rep = build_report(uri)
     assert rep.variant_table().equals(report.variant_table()) and rep.name == "paper"
-    assert rp.main([uri]) == 2
+    assert main([uri]) == 2
     assert "--out" in capsys.readouterr().err
-    assert rp.main([uri, "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert main([uri, "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert (tmp_path / "out" / "report.html").exists()
-    assert rp.main(["s3://bucket/sweeps/missing", "--out", str(tmp_path / "o2")]) == 2
+    assert main(["s3://bucket/sweeps/missing", "--out", str(tmp_path / "o2")]) == 2
     assert "results directory not found: s3://bucket/sweeps/missing" in capsys.readouterr().err
     assert seen and all(u.startswith("s3://bucket/") for u in seen)
-    with pytest.raises(rp.DataError, match="not found"):
-        rp.read_tables("s3://bucket/sweeps/missing")
+    with pytest.raises(DataError, match="not found"):
+        read_results("s3://bucket/sweeps/missing", must_exist=True)
+
+
+def test_the_report_reads_exactly_what_the_sweeps_reader_reads(tmp_path, monkeypatch, sweep):
+    """One reader: results in an s3-style bucket give the report the very tables that
+    read_results gives the sweep from their file:// URI, including a setting newer than the
+    file (ema_decay) filled in at its Config default."""
+    import pyarrow.fs as pafs
+
+    bucket = tmp_path / "bucket"
+    tables = {k: v.drop(columns="ema_decay", errors="ignore") for k, v in sweep[1].items()}
+    root = write_results(bucket / "paper", tables)
+
+    def fake_from_uri(uri):  # an s3 bucket backed by a local folder (not a LocalFileSystem)
+        if not uri.startswith("s3://bucket/"):
+            return pafs.FileSystem.from_uri(uri)
+        return pafs.SubTreeFileSystem(str(bucket), pafs.LocalFileSystem()), uri.removeprefix(
+            "s3://bucket/"
+        )
+
+    monkeypatch.setattr(berter.sweep.store, "_from_uri", fake_from_uri)
+    by_store = read_results(root.as_uri())
+    rep = build_report("s3://bucket/paper")
+    assert (by_store["trials"]["ema_decay"] == Config().ema_decay).all()
+    pd.testing.assert_frame_equal(rep.trials.drop(columns="label"), by_store["trials"])
+    pd.testing.assert_frame_equal(rep.epochs, by_store["epochs"])
+    pd.testing.assert_frame_equal(rep.exits, by_store["exits"])
 
 
 def test_unknown_uri_scheme_is_a_data_error():
-    with pytest.raises(rp.DataError, match="cannot open results"):
-        rp.read_tables("nosuchscheme://x/y")
+    with pytest.raises(DataError, match="cannot open results"):
+        read_results("nosuchscheme://x/y")

@@ -11,6 +11,7 @@ import pytest
 from tiny import tiny_config
 
 from berter.config import AXES
+from berter.errors import DataError
 from berter.sweep.store import (
     EXIT_SCHEMA,
     Store,
@@ -205,6 +206,23 @@ def test_read_results_on_a_uri_and_with_nothing_written(tmp_path):
     assert pd.read_parquet(tmp_path / "trials.parquet").trial_id.tolist() == ["a"]  # plain pandas
 
 
+def test_an_unreadable_results_file_is_one_data_error_naming_it(tmp_path):
+    (tmp_path / "epochs.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataError, match=r"cannot read .*epochs\.parquet"):
+        read_results(tmp_path)
+    with pytest.raises(DataError, match="cannot open results nosuchscheme://x"):
+        read_results("nosuchscheme://x")
+
+
+def test_pareto_front_keeps_ties_and_leaves_out_rows_missing_an_objective():
+    df = pd.DataFrame(
+        {"dev_score": [0.7, 0.7, 0.8, None], "train_seconds": [10.0, 10.0, 30.0, 1.0]},
+        index=list("abcd"),
+    )
+    front = pareto_front(df, ["dev_score", "train_seconds"], ["max", "min"])
+    assert front.index[0] == "c" and set(front.index[1:]) == {"a", "b"}  # equal: both stay
+
+
 def test_summarise_prefers_the_earliest_of_tied_best_epochs_and_skips_nan():
     epochs = [
         {"epoch": 1, "dev_score": 0.6},
@@ -238,6 +256,24 @@ def test_trials_written_before_a_setting_existed_read_back_at_its_default(tmp_pa
     resumed = writer(tmp_path)  # a resumed sweep merges the old rows, then rewrites the file
     resumed.flush()
     assert pq.read_table(path).column("layer_lr_decay").to_pylist() == [1.0]
+
+
+def test_trials_written_before_slf_embeddings_and_the_exit_module_rule_read_back_as_trained(
+    tmp_path,
+):
+    w = writer(tmp_path)
+    t = make_trial("a")
+    w.on_trial_start(0, [], t)
+    w.on_trial_result(0, [], t, result(1, 0.5))
+    w.on_trial_complete(0, [], t)
+    path = tmp_path / "trials.parquet"
+    assert pq.read_table(path).column("slf_embeddings").to_pylist() == [False]  # new trials
+    old = ["slf_embeddings", "exit_module_trained_only"]
+    pq.write_table(pq.read_table(path).drop_columns(old), path)
+
+    row = read_results(tmp_path)["trials"].iloc[0]
+    # SLF trained the embeddings in slice 1, and exit modules saw only the trained exits
+    assert bool(row.slf_embeddings) and bool(row.exit_module_trained_only)
 
 
 def test_per_layer_thresholds_are_a_list_column_with_nan_for_never(tmp_path):
@@ -275,7 +311,7 @@ def test_a_new_exit_method_with_one_setting_reaches_trials_parquet_and_the_repor
     import berter.sweep.trainable as trainable
     from berter.config import Config
     from berter.exits.base import EXIT_METHODS, ExitMethod
-    from berter.report.build import build_report
+    from berter.report.analysis import build_report
     from berter.variants import check
 
     @dataclasses.dataclass
@@ -300,6 +336,6 @@ def test_a_new_exit_method_with_one_setting_reaches_trials_parquet_and_the_repor
     trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
     assert trials.gap_margin.to_dict() == {"a": 0.1, "b": 0.4}
     assert set(trials.exit_method) == {"gap_exit"} and set(trials.status) == {"terminated"}
-    report = build_report(tmp_path, figures=False)
+    report = build_report(tmp_path)
     assert "gap_margin" in report.hyperparameters
     assert report.variant_table().iloc[0]["gap_margin"] == "0.4"  # the best trial's value

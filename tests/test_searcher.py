@@ -69,15 +69,19 @@ def test_a_trial_stopped_early_is_pruned_and_a_full_one_complete():
     assert b.state == optuna.trial.TrialState.COMPLETE and b.value == 0.6
 
 
-def test_a_diverged_or_failed_trial_is_not_called_pruned():
+def test_a_diverged_or_errored_trial_is_failed_not_pruned_nor_complete():
     s = searcher([LR])
     s.suggest("a")
-    s.on_trial_complete("a", {"dev_score": 0.2, "epoch": 1, "epochs_planned": 3, "diverged": True})
+    s.on_trial_complete("a", {"dev_score": 0.9, "epoch": 1, "epochs_planned": 3, "diverged": True})
     s.suggest("b")
     s.on_trial_complete("b", None, error=True)
-    a, b = s._ot_study.trials
-    assert a.state == optuna.trial.TrialState.COMPLETE
-    assert b.state == optuna.trial.TrialState.FAIL
+    s.suggest("c")
+    s.on_trial_complete("c", {"dev_score": 0.8, "epoch": 3, "epochs_planned": 3}, error=True)
+    s.suggest("d")
+    finish(s, "d", score=0.3, epoch=3, planned=3)
+    a, b, c, d = s._ot_study.trials
+    assert a.state == b.state == c.state == optuna.trial.TrialState.FAIL
+    assert s._ot_study.best_trial.number == d.number
 
 
 def test_searcher_state_survives_save_and_restore(tmp_path):

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -5,20 +6,23 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_backbone, tiny_config
 
+import berter.train.smart as smart
 from berter.data.encode import encode, get_tokenizer, make_batches
 from berter.data.files import load_data
 from berter.exits.rules import build_exit_method
-from berter.model.multi_exit import ExitOutput, MultiExitBert
+from berter.model.multi_exit import ExitOutput, MultiExitBert, load_backbone
 from berter.tasks import TASKS
-from berter.train import smart
 from berter.train.smart import adversarial_noise, divergence, smart_loss
 
 
-def setup(task: str, **overrides):
+def setup(task: str, backbone=None, **overrides):
     """A tiny model in eval mode (no dropout noise) and one demo batch of ``task``."""
     cfg = tiny_config(strategy="joint", smart="all", **overrides)
-    model = MultiExitBert.from_config(cfg, [TASKS[t] for t in cfg.tasks], backbone=tiny_backbone(),
-        exit_module=build_exit_method(cfg).build_module)
+    backbone = backbone if backbone is not None else tiny_backbone()
+    model = MultiExitBert.from_config(
+        cfg, [TASKS[t] for t in cfg.tasks], backbone=backbone,
+        exit_module=build_exit_method(cfg).build_module,
+    )
     data = load_data(None, [task], max_train=8, seed=0, calib_fraction=0.0)
     t = TASKS[task]
     layout = cfg.pair_layout if t.is_pair else "packed"
@@ -70,25 +74,73 @@ def test_only_the_planned_exits_are_regularised():
     assert all(p.grad is None for p in model.head_parameters(1))
 
 
-def test_clean_word_embeddings_are_not_modified():
+def test_clean_embeddings_are_not_modified():
     cfg, model, batch = setup("sts")
     table = model.bert.embeddings.word_embeddings.weight.detach().clone()
-    words = [w.detach().clone() for w in model.word_embeddings(batch)]
+    embedded = model.embed(batch).hidden.detach().clone()
     smart_loss(model, batch, model(batch), ALL_EXITS, cfg)
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, table)
-    assert all(torch.equal(a, b) for a, b in zip(model.word_embeddings(batch), words, strict=True))
+    assert torch.equal(model.embed(batch).hidden, embedded)
 
 
 def test_ascent_step_rescales_each_token_to_unit_infinity_norm():
     cfg, model, batch = setup("sst", smart_steps=2)
-    noise = adversarial_noise(model, batch, model(batch), ALL_EXITS, cfg)
-    [n] = noise
-    assert n.shape == model.word_embeddings(batch)[0].shape
+    n = adversarial_noise(model, batch, model(batch), ALL_EXITS, cfg)
+    assert n.shape == model.embed(batch).hidden.shape
     assert torch.allclose(n.abs().amax(-1), torch.ones(n.shape[:2]), atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def packaged():
+    return load_backbone("packaged", 0.1)
+
+
+@pytest.mark.parametrize(
+    ("task", "layout"),
+    [
+        ("sst", {}),
+        ("para", {"concat": "before_embed"}),  # packed pair
+        ("para", {"concat": "after_embed"}),
+        ("sts", {"cos_loss": "on"}),  # siamese
+    ],
+)
+def test_one_ascent_step_moves_the_embedding_output_by_well_under_its_own_size(
+    packaged, task, layout
+):
+    """mt-dnn and smart-pytorch add the unit-infinity-norm noise to the embedding output, where
+    it is a fraction of each token's largest coordinate; added before the embedding LayerNorm
+    it outweighs the raw word embedding and the first layer sees mostly noise (ratio above 1)."""
+    cfg, model, batch = setup(task, backbone=copy.deepcopy(packaged), smart_steps=1, **layout)
+    seen = []
+    hook = model.bert.encoder.layer[0].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].detach())
+    )
+    clean = model(batch)
+    torch.manual_seed(0)
+    smart_loss(model, batch, clean, (0, 5), cfg)
+    hook.remove()
+    embedded, perturbed = seen[0], seen[-1]  # the clean pass's first-layer input; the final pass's
+    real = model.embed(batch).mask.bool()
+    ratio = (perturbed - embedded).abs().amax(-1)[real] / embedded.abs().amax(-1)[real]
+    print(task, layout, f"ratio mean {ratio.mean():.3f} max {ratio.max():.3f}")
+    assert 0.1 < ratio.mean() < 0.6
+    assert ratio.max() < 1.0
+
+
+def test_smart_lambda_zero_trains_bit_identically_to_smart_off():
+    from berter.train.run import TrainingRun
+
+    runs = []
+    for smart_cfg in ({"smart": "off"}, {"smart": "all", "smart_lambda": 0.0}):
+        run = TrainingRun(tiny_config(max_train=16, **smart_cfg), backbone=tiny_backbone())
+        runs.append((run.train_epoch().train_loss, run.model.state_dict()))
+    (loss_off, off), (loss_zero, zero) = runs
+    assert loss_off == loss_zero
+    assert all(torch.equal(off[name], zero[name]) for name in off)
+
+
 def test_non_finite_gradient_skips_the_ascent_step(monkeypatch):
-    cfg, model, batch = setup("para", cos_loss="on", smart_steps=3)  # two sequences: A and B
+    cfg, model, batch = setup("para", cos_loss="on", smart_steps=3)  # A and B rows stacked
     clean = model(batch)
     real_grad = torch.autograd.grad
 
@@ -99,9 +151,9 @@ def test_non_finite_gradient_skips_the_ascent_step(monkeypatch):
     torch.manual_seed(5)
     noise = adversarial_noise(model, batch, clean, ALL_EXITS, cfg)
     torch.manual_seed(5)
-    initial = [torch.randn_like(w) * cfg.smart_eps for w in model.word_embeddings(batch)]
-    assert len(noise) == 2
-    assert all(torch.equal(a, b) for a, b in zip(noise, initial, strict=True))
+    initial = torch.randn_like(model.embed(batch).hidden) * cfg.smart_eps
+    assert noise.shape[0] == 2 * batch.input_ids.shape[0]
+    assert torch.equal(noise, initial)
     torch.manual_seed(5)
     assert math.isfinite(smart_loss(model, batch, clean, ALL_EXITS, cfg).item())
 

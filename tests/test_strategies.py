@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from tiny import tiny_backbone, tiny_config
+from transformers import get_linear_schedule_with_warmup
 
 from berter.config import CONCAT_VALUES, COS_VALUES, SLF_VALUES, SMART_VALUES
 from berter.data.files import load_data
@@ -147,6 +148,52 @@ def test_alternating_even_steps_train_the_final_exit_odd_steps_all_exits(data):
     assert all(touched(moved, head("sst", i)) for i in range(3))
 
 
+def layers_reaching_the_exit_module(run: TrainingRun, plan, task: str) -> set[int]:
+    """0-based exits whose pooled vector the exit module reads in this step's loss with
+    gradient flowing back to the module (hooks record which head produced each read)."""
+    module = run.model.exit_module[task]
+    produced_by, reads = {}, []
+    hooks = [
+        run.model.heads[task][i].register_forward_hook(
+            lambda m, args, out, i=i: produced_by.__setitem__(id(out[1]), i)
+        )
+        for i in range(run.model.num_layers)
+    ]
+    hooks.append(module.register_forward_hook(lambda m, args, out: reads.append((args[0], out))))
+    run.apply_trainable(plan)
+    loss = run.step_loss(batch_of(run, task), plan)
+    for hook in hooks:
+        hook.remove()
+    if not reads:
+        return set()
+    grads = torch.autograd.grad(loss, [out for _, out in reads], allow_unused=True)
+    return {
+        produced_by[id(x)]
+        for (x, _), g in zip(reads, grads, strict=True)
+        if g is not None and g.abs().sum() > 0
+    }
+
+
+@pytest.mark.parametrize(
+    ("exit_method", "task", "every", "restricted"),
+    [
+        ("lte", "sst", {0, 1, 2}, {2}),
+        ("berter", "sts", {0, 1, 2}, {2}),  # the hybrid's LTE, for regression
+        ("qexit", "sst", {0, 1}, set()),  # the last exit takes the remaining mass: no Lambda
+    ],
+)
+@pytest.mark.parametrize("trained_only", [False, True])
+def test_on_an_alternating_final_exit_step_the_exit_module_learns_from_every_layer(
+    data, exit_method, task, every, restricted, trained_only
+):
+    restrict = {"exit_module_trained_only": True} if trained_only else {}  # default: every
+    run = make_run(data, strategy="alternating", exit_method=exit_method, **restrict)
+    plan = run.strategy.step(0, 0, 10)
+    assert plan.exits == (2,)
+    expected = restricted if trained_only else every
+    assert layers_reaching_the_exit_module(run, plan, task) == expected
+
+
 def test_alternating_step_count_restarts_each_epoch(data):
     s = make_run(data, strategy="alternating").strategy
     assert [s.step(e, k, 5).exits == (2,) for e in (0, 1) for k in range(3)] == [
@@ -231,15 +278,75 @@ def test_slf_layer_two_trains_only_layer_two_and_head_two(data):
     assert touched(moved, layer(1)) and touched(moved, head("sst", 1))
 
 
-def test_slf_layer_one_also_trains_the_embeddings(data):
-    run = make_run(data, strategy="joint", slf="on")
-    plan, moved = train_step(run, 0, 0, 9)
-    assert plan.exits == (0,)
-    allowed = (layer(0), head("sst", 0), EMBEDDINGS)
-    assert all(n.startswith(allowed) for n in moved)
-    assert (
-        touched(moved, EMBEDDINGS) and touched(moved, layer(0)) and touched(moved, head("sst", 0))
-    )
+def slf_run(**overrides) -> TrainingRun:
+    """An SLF run whose leading epoch is 30 steps: 10 per layer's slice."""
+    data = load_data(None, TASKS, max_train=20, max_dev=8, seed=0, calib_fraction=0.0)
+    cfg = tiny_config(strategy="joint", slf="on", batch_size=2, max_train=20, **overrides)
+    return TrainingRun(cfg, data, backbone=tiny_backbone())
+
+
+def record_steps(run: TrainingRun, at_step) -> list:
+    """Call ``at_step(plan)`` as the training loop asks for each step's plan, before that
+    step's update; returns what it returned, step by step."""
+    seen, plan_of = [], run.strategy.step
+
+    def step(epoch, k, num_steps):
+        plan = plan_of(epoch, k, num_steps)
+        seen.append(at_step(plan))
+        return plan
+
+    run.strategy.step = step
+    return seen
+
+
+def lr_factor(run: TrainingRun) -> float:
+    group = run.optimizer.param_groups[0]
+    return group["lr"] / group["initial_lr"]
+
+
+def test_slf_gives_each_layers_slice_its_own_warmup_and_decay():
+    run = slf_run(warmup_ratio=0.2)
+    seen = record_steps(run, lambda plan: (plan.exits, lr_factor(run)))
+    run.train_epoch()
+    assert [exits for exits, _ in seen] == [(i,) for i in range(3) for _ in range(10)]
+    for i in range(3):
+        lrs = [lr for _, lr in seen[10 * i : 10 * (i + 1)]]
+        # 10 steps: 2 of warmup (0, 1/2), the peak, then down to 1/8 at the last step
+        assert lrs[0] == 0.0, f"slice {i} does not start a warmup"
+        assert lrs[2] == pytest.approx(1.0), f"slice {i} does not reach the peak"
+        assert lrs[5] == pytest.approx(5 / 8) and lrs[9] == pytest.approx(1 / 8), f"slice {i}"
+
+
+def test_after_slf_the_main_phase_has_one_warmup_and_decay_over_all_its_steps():
+    run = slf_run(warmup_ratio=0.2)
+    run.train_epoch()
+    seen = record_steps(run, lambda plan: lr_factor(run))
+    report = run.train_epoch()
+    param = torch.nn.Parameter(torch.zeros(1))
+    reference = torch.optim.SGD([param], lr=1.0)
+    schedule = get_linear_schedule_with_warmup(reference, 6, 30)
+    expected = []
+    for _ in range(30):
+        expected.append(schedule.get_last_lr()[0])
+        reference.step()
+        schedule.step()
+    assert report.phase == "main" and seen == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_each_slf_slice_moves_only_its_layer_and_head_and_the_embeddings_if_asked(embeddings):
+    run = slf_run(warmup_ratio=0.2, **({"slf_embeddings": True} if embeddings else {}))
+    starts = {}
+    record_steps(run, lambda plan: starts.setdefault(plan.exits[0], snapshot(run)))
+    run.train_epoch()
+    starts[3] = snapshot(run)
+    for i in range(3):
+        before, after = starts[i], starts[i + 1]
+        moved = {n for n, p in before.items() if not torch.equal(p, after[n])}
+        allowed = (layer(i), *(head(t, i) for t in TASKS)) + ((EMBEDDINGS,) if i == 0 else ())
+        assert moved and all(n.startswith(allowed) for n in moved), f"slice {i}"
+        assert touched(moved, layer(i)) and all(touched(moved, head(t, i)) for t in TASKS)
+        assert touched(moved, EMBEDDINGS) == (embeddings and i == 0), f"slice {i}"
 
 
 def test_slf_epoch_does_not_count_for_smart_alternating(data):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from berter.config import DEFAULT_MODEL
-from berter.errors import ConfigError
+from berter.errors import ConfigError, first_line
 from berter.tasks import Batch, Example, Task
 
 LAYOUTS = ("packed", "separate")
@@ -41,8 +41,7 @@ def get_tokenizer(model: str = DEFAULT_MODEL):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot load tokenizer for model {model!r}: {first}") from None
+        raise ConfigError(f"cannot load tokenizer for model {model!r}: {first_line(e)}") from None
 
 
 # ----------------------------------------------------------------------------- encoding

@@ -53,7 +53,6 @@ from berter.tasks import TASKS, Example, Task, get_task
 log = logging.getLogger(__name__)
 
 CS224N_TASKS = ("sst", "para", "sts")
-GLUE_TASKS = ("sst2", "qqp", "mrpc", "stsb", "rte")
 
 
 CS224N_URL = "https://raw.githubusercontent.com/gpoesia/minbert-default-final-project/main/data/"

@@ -17,6 +17,7 @@ exit layer (``Param``; None at a layer: nothing exits there).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -168,9 +169,14 @@ class ExitMethod:
     ) -> tuple[torch.Tensor, State]:
         return torch.zeros(out.logits.shape[0], device=out.logits.device), state
 
+    # The rule's comparison of signal with param (operator.ge, le, gt); None: never exits.
+    fires_when: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+
     def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
         """Which examples exit now; ``param=None`` never fires."""
-        return torch.zeros_like(signal, dtype=torch.bool)
+        if param is None or self.fires_when is None:
+            return torch.zeros_like(signal, dtype=torch.bool)
+        return self.fires_when(signal, param)
 
     # --- post-hoc simulation --------------------------------------------------------
     def layer_signals(

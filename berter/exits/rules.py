@@ -22,6 +22,7 @@ their own pooler, so the pooled vectors of different tasks live in different spa
 from __future__ import annotations
 
 import math
+import operator
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,10 +65,7 @@ class Confidence(ExitMethod):
             return torch.full((out.logits.shape[0],), -math.inf, device=out.logits.device), state
         return ctx.probs(i, out.logits).max(-1).values, state
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal >= param
+    fires_when = staticmethod(operator.ge)
 
 
 @EXIT_METHODS.register("entropy")
@@ -89,20 +87,30 @@ class Entropy(ExitMethod):
         p = ctx.probs(i, out.logits)
         return -(p * p.clamp(min=1e-12).log()).sum(-1), state
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal <= param
+    fires_when = staticmethod(operator.le)
 
 
 @EXIT_METHODS.register("lte")
 class LearnToExit(ExitMethod):
     """BERxiT learning-to-exit: u_i = sigmoid(c . pooled_i + b), exit when u_i >= threshold.
 
-    One linear module per task, shared by all of that task's layers. It is trained jointly
-    with the task losses, L_i + J_i with J_i = MSE(u_i, target_i): the certainty's gradient
-    reaches the exit head and the backbone (the input is not detached); the target is a label
-    (detached): 1[prediction correct] for classification, 1 - tanh(|y_hat - y|) for regression.
+    One linear module per task, shared by all of that task's layers, trained with
+    J_i = MSE(u_i, target_i), the target a label (detached): 1[prediction correct] for
+    classification, 1 - tanh(|y_hat - y|) for regression.
+
+    Which J: BERxiT's reference code (castorini/berxit, transformers/modeling_highway_bert.py,
+    ``BertForSequenceClassification.forward``, train_strategy ``alternate-lte``) adds the
+    MSE over the certainties of all n layers, the mean of J_1..J_n, to every step's
+    classification loss, also on the steps whose classification loss is L_n alone. So by
+    default a step's loss is the sum of L_i over the exits the strategy trains plus the mean
+    of J_i over all n exits. ``cfg.exit_module_trained_only`` follows the paper's wording
+    instead (BERxiT section 4.2, "substituting L_i ... with L_i + J_i"): the sum of L_i + J_i
+    over the trained exits only.
+
+    Gradient: as in the reference, whose ``BertEncoder.forward`` feeds each exit's pooled
+    output to the LTE classifier undetached (only the label is detached), J_i reaches the
+    module and, through pooled_i, exit head i and the layers below it: those of them the
+    strategy leaves trainable at that step.
     """
 
     name = "lte"
@@ -140,12 +148,19 @@ class LearnToExit(ExitMethod):
     ) -> torch.Tensor:
         if module is None or task.name not in module:
             return super().training_loss(task, outs, labels, exits, module)
-        total = 0.0
-        for i in exits:
-            u = self.certainty(module, task, outs[i])
-            j = F.mse_loss(u, self.certainty_target(task, outs[i], labels))
-            total = total + task_loss(task, outs[i], labels, self.cfg.cos_margin) + j
-        return total
+        loss = super().training_loss(task, outs, labels, exits, module)
+        if self.cfg.exit_module_trained_only:
+            return loss + sum(self.certainty_loss(module, task, outs[i], labels) for i in exits)
+        j = [self.certainty_loss(module, task, out, labels) for out in outs]
+        return loss + torch.stack(j).mean()
+
+    def certainty_loss(
+        self, module: nn.Module, task: Task, out: ExitOutput, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """J_i: MSE between exit i's certainty and its detached target."""
+        return F.mse_loss(
+            self.certainty(module, task, out), self.certainty_target(task, out, labels)
+        )
 
     def grid(self, task: Task, num_layers: int) -> list[float]:
         return list(CERTAINTY_GRID)
@@ -155,10 +170,7 @@ class LearnToExit(ExitMethod):
     ) -> tuple[torch.Tensor, State]:
         return self.certainty(ctx.module, ctx.task, out), state
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal >= param
+    fires_when = staticmethod(operator.ge)
 
 
 @EXIT_METHODS.register("patience")
@@ -210,10 +222,7 @@ class Patience(ExitMethod):
             count = torch.where(agree, state["count"] + 1, torch.zeros_like(state["count"]))
         return count, {"pred": pred, "count": count}
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal >= param
+    fires_when = staticmethod(operator.ge)
 
 
 class LambdaNet(nn.Module):
@@ -239,15 +248,24 @@ class QExit(ExitMethod):
 
     lambda_i = Lambda([pooled_i, pooled_{i-1}]) (pooled_0 = zeros; pooled is the exit head's
     pooled vector), p(i) = lambda_i prod_{j<i}(1 - lambda_j), the last exit takes the
-    remaining mass. Loss = E_p[L_i] + beta KL(p || geometric(lambda_p) truncated to the
-    trained exits, the last one taking the remaining mass), per example, averaged.
+    remaining mass. PALBERT's loss over a set of exits: E_p[L_i] + beta KL(p || geometric
+    prior(lambda_p) truncated to those exits, the last one taking the remaining mass), per
+    example, averaged. Inference exits at the first layer whose cumulative halting
+    probability exceeds q.
 
-    When the strategy trains a subset S of exits the halting distribution is taken over S
-    only (in depth order, the last exit of S taking the remaining mass). On an L_n-only step
-    (Alternating's odd steps, Two-stage's first stage) that is a point mass on the last
-    exit: the loss is exactly L_n and the Lambda module gets no gradient, so it learns only
-    on steps that train several exits. Inference exits at the first layer whose cumulative
-    halting probability exceeds q.
+    PALBERT's code trains on all n exits at every step (tinkoff-ai/palbert: the expectation
+    in src/modeling/palbert_fast.py ``PAlbertForSequenceClassification.forward``, the KL in
+    src/trainer.py ``_step`` with src/loss.py ``RegularizationLoss``), the Lambda input
+    undetached unless ``--detach-lambda`` (``PAlbertModel.layer_positional_embeddings_forward``).
+    A step that trains every exit uses exactly that loss. A step that trains a subset S
+    (Alternating's L_n steps, Two-stage, SLF's slices) uses, by default, the plain sum of L_i
+    over S plus PALBERT's loss over all n exits with every task loss in it detached, so the
+    halting module learns from every layer at every step, as BERxiT's LTE does, while the
+    exits' classification losses are the strategy's. The Lambda input stays undetached, so
+    its gradient reaches the layers beneath when they are trainable.
+    ``cfg.exit_module_trained_only`` instead takes the halting distribution over S only (in
+    depth order, the last exit of S taking the remaining mass): on an L_n-only step that is
+    a point mass on the last exit, the loss is exactly L_n and Lambda gets no gradient.
     """
 
     name = "qexit"
@@ -295,9 +313,28 @@ class QExit(ExitMethod):
         module: nn.Module | None,
     ) -> torch.Tensor:
         chosen = sorted(exits)
+        every = list(range(len(outs)))
+        if self.cfg.exit_module_trained_only or chosen == every:
+            return self.ponder_loss(task, outs, labels, chosen, module)
+        loss = super().training_loss(task, outs, labels, exits, module)
+        return loss + self.ponder_loss(task, outs, labels, every, module, detach_losses=True)
+
+    def ponder_loss(
+        self,
+        task: Task,
+        outs: list[ExitOutput],
+        labels: torch.Tensor,
+        chosen: list[int],
+        module: nn.Module | None,
+        detach_losses: bool = False,
+    ) -> torch.Tensor:
+        """E_p[L_i] + beta KL over the exits ``chosen`` (ascending); with ``detach_losses``
+        it trains the halting module only (and what its input reads)."""
         losses = torch.stack(
             [per_example_loss(task, outs[i], labels, self.cfg.cos_margin) for i in chosen]
         )
+        if detach_losses:
+            losses = losses.detach()
         if len(chosen) == 1:  # point mass: the plain task loss
             return losses[0].mean()
         z = self.halting_logits(module, task, outs, chosen[:-1])
@@ -332,10 +369,7 @@ class QExit(ExitMethod):
             cdf = 1.0 - log_stay.exp()
         return cdf, {"pooled": pooled, "log_stay": log_stay}
 
-    def fires(self, signal: torch.Tensor, param: float | None) -> torch.Tensor:
-        if param is None:
-            return torch.zeros_like(signal, dtype=torch.bool)
-        return signal > param
+    fires_when = staticmethod(operator.gt)
 
 
 @EXIT_METHODS.register("berter")

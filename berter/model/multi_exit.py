@@ -2,8 +2,8 @@
 
 The backbone is a plain transformers ``BertModel``; this module wraps it rather than
 forking it: embeddings and encoder layers are called as they are, one layer at a time,
-so the same code serves training (all exits from one pass), SMART (perturbed word
-embeddings), and the early-exit engine (stop after any layer).
+so the same code serves training (all exits from one pass), SMART (a perturbed embedding
+output through ``encode``), and the early-exit engine (stop after any layer).
 
 Pair tasks are fed in one of three ways:
 - ``packed``   (concat=before_embed): ``[CLS] A [SEP] B [SEP]`` through the embeddings.
@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from berter.config import DEFAULT_MODEL, Config, layers_after_drop
 from berter.data.encode import packaged_model_path
-from berter.errors import ConfigError
+from berter.errors import ConfigError, first_line
 from berter.tasks import Batch, Task
 
 
@@ -165,34 +165,28 @@ class MultiExitBert(nn.Module):
         return self.bert.config.hidden_size
 
     # ------------------------------------------------------------------ layer-wise API
-    def word_embeddings(self, batch: Batch) -> list[torch.Tensor]:
-        """Word (token) embeddings of each input sequence: [A] or [A, B]. SMART perturbs these."""
-        emb = self.bert.embeddings.word_embeddings
-        seqs = [emb(batch.input_ids)]
-        if batch.input_ids_b is not None:
-            seqs.append(emb(batch.input_ids_b))
-        return seqs
+    def embed(self, batch: Batch) -> EncoderState:
+        """Embedding layer output for the batch, in the pair layout this model uses.
 
-    def embed(self, batch: Batch, word_embeds: list[torch.Tensor] | None = None) -> EncoderState:
-        """Embedding layer output for the batch, in the pair layout this model uses."""
+        Word + position + token type, after the embedding LayerNorm and dropout: the input of
+        the first encoder layer, and what SMART perturbs.
+        """
         e = self.bert.embeddings
-        if word_embeds is None:
-            word_embeds = self.word_embeddings(batch)
         if batch.input_ids_b is None:  # single sentence or packed pair
-            hidden = e(inputs_embeds=word_embeds[0], token_type_ids=batch.token_type_ids)
+            hidden = e(input_ids=batch.input_ids, token_type_ids=batch.token_type_ids)
             return self._state(hidden, batch.attention_mask)
-        a, b = word_embeds
+        a, b = batch.input_ids, batch.input_ids_b
         ma, mb = batch.attention_mask, batch.attention_mask_b
         if self.siamese and self.tasks[batch.task].is_pair:
-            ha = e(inputs_embeds=a)
-            hb = e(inputs_embeds=b)
+            ha = e(input_ids=a)
+            hb = e(input_ids=b)
             t = max(ha.shape[1], hb.shape[1])
             ha, ma = F.pad(ha, (0, 0, 0, t - ha.shape[1])), F.pad(ma, (0, t - ma.shape[1]))
             hb, mb = F.pad(hb, (0, 0, 0, t - hb.shape[1])), F.pad(mb, (0, t - mb.shape[1]))
             return self._state(torch.cat([ha, hb]), torch.cat([ma, mb]), siamese=True)
         # after_embed: embed each sentence on its own, then concatenate the sequences
-        ha = e(inputs_embeds=a, token_type_ids=torch.zeros_like(batch.input_ids))
-        hb = e(inputs_embeds=b, token_type_ids=torch.ones_like(batch.input_ids_b))
+        ha = e(input_ids=a, token_type_ids=torch.zeros_like(a))
+        hb = e(input_ids=b, token_type_ids=torch.ones_like(b))
         return self._state(torch.cat([ha, hb], dim=1), torch.cat([ma, mb], dim=1))
 
     def _state(
@@ -233,7 +227,6 @@ class MultiExitBert(nn.Module):
     def forward(
         self,
         batch: Batch,
-        word_embeds: list[torch.Tensor] | None = None,
         layers: int | None = None,
         exits: Collection[int] | None = None,
     ) -> list[ExitOutput | None]:
@@ -243,14 +236,23 @@ class MultiExitBert(nn.Module):
         deepest of them; training passes the exits its loss reads, so that a final-layer-only
         step runs no intermediate head and a layer-focus step no layer above its own.
         """
+        return self.encode(self.embed(batch), batch.task, layers, exits)
+
+    def encode(
+        self,
+        state: EncoderState,
+        task: str,
+        layers: int | None = None,
+        exits: Collection[int] | None = None,
+    ) -> list[ExitOutput | None]:
+        """``forward`` from a given embedding output (``embed``'s, or SMART's perturbed one)."""
         n = layers or self.num_layers
         if exits is not None:
             n = min(n, max(exits, default=-1) + 1)
-        state = self.embed(batch, word_embeds)
         outs: list[ExitOutput | None] = []
         for i in range(n):
             state = self.layer(i, state)
-            outs.append(self.exit(i, batch.task, state) if exits is None or i in exits else None)
+            outs.append(self.exit(i, task, state) if exits is None or i in exits else None)
         return outs
 
     # ------------------------------------------------------------------ parameters
@@ -288,8 +290,7 @@ def load_backbone(name: str, dropout: float) -> BertModel:
         config = AutoConfig.from_pretrained(path, hidden_dropout_prob=dropout)
         model = AutoModel.from_pretrained(path, config=config, add_pooling_layer=False)
     except Exception as exc:  # transformers raises many kinds; the user needs one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load model {name!r}: {first}") from None
+        raise ConfigError(f"cannot load model {name!r}: {first_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()

@@ -1,5 +1,5 @@
 """`python -m berter.report`: the report command line."""
 
-from berter.report.build import main
+from berter.report.cli import main
 
 raise SystemExit(main())

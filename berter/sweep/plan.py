@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from berter.config import Config
-from berter.errors import ConfigError
+from berter.errors import ConfigError, first_line
 from berter.sweep.space import (
     BY_NAME,
     Param,
@@ -359,8 +359,7 @@ def _check_model(model: str) -> int:
     try:
         cfg = AutoConfig.from_pretrained(path)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load model {model!r}: {first}") from None
+        raise ConfigError(f"cannot load model {model!r}: {first_line(exc)}") from None
     if not hasattr(cfg, "num_hidden_layers"):
         raise ConfigError(f"model {model!r} is not a BERT-style encoder")
     get_tokenizer(model)

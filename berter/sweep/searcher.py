@@ -12,6 +12,10 @@ BENCHMARKS.md, search efficiency):
 - **Stopped is not finished.** A trial ASHA stopped early is told to Optuna as *pruned*
   (its reported epochs stay as intermediate values) rather than as complete with its
   first-rung score, which TPE would rank against full-length trials.
+- **Failed is failed.** A diverged trial (non-finite training loss, ``diverged`` in its last
+  result) and an errored one are told to Optuna as *failed*: Ray's ``OptunaSearch`` would
+  tell a diverged trial *complete* with its last score, which can become the study's best
+  and pull TPE toward the settings that diverge (TPE ignores failed trials).
 - **A gentler ASHA on short runs.** With few epochs, ASHA has one or two rungs and Ray's
   default reduction factor (4) keeps only the top quarter after the first epoch, when the
   ranking is still noisy. :func:`reduction_factor` picks 2 for runs of up to
@@ -54,7 +58,7 @@ def asha(max_t: int, grace_period: int = 1, factor: float | None = None) -> ASHA
 
 class NoRepeatOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that never proposes a configuration twice and tells Optuna which
-    trials were stopped early (module doc). ``epochs_key`` / ``planned_key``: the result
+    trials were stopped early and which failed (module doc). ``epochs_key`` / ``planned_key``: the result
     fields that say how far a trial got and how far it was meant to go."""
 
     def __init__(
@@ -104,6 +108,14 @@ class NoRepeatOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        if (
+            (error or (result and result.get("diverged")))
+            and trial_id in self._ot_trials
+            and trial_id not in self._completed_trials
+        ):
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return
         if (
             result
             and not error

@@ -339,7 +339,3 @@ def space_size(space: SearchSpace) -> float:
 def round_robin_points(variants: list[str], num_samples: int) -> list[dict[str, str]]:
     """Trial i is enqueued with variant i mod V: every variant runs once per V trials."""
     return [{"variant": variants[i % len(variants)]} for i in range(num_samples)]
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

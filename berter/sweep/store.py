@@ -33,13 +33,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from berter.config import AXES, Config, field_types
-from berter.errors import ConfigError
+from berter.errors import ConfigError, DataError, first_line
 from berter.tasks import TASKS, metric_column
 
 F64, I64, STR, BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
@@ -105,7 +106,7 @@ COLUMN_ORDER = (
     "grad_clip", "ema_decay", "layer_lr_decay", "smart_lambda", "smart_step", "smart_eps",
     "smart_steps", "cos_margin", "slf_fraction", "lte_lr", "lambda_lr", "patience",
     "qexit_beta", "qexit_prior", "qexit_q", "regression_delta", "exit_distill",
-    "distill_temperature", "exit_threshold", "exit_tolerance", "exit_per_layer",
+    "slf_embeddings", "exit_module_trained_only", "distill_temperature", "exit_threshold", "exit_tolerance", "exit_per_layer",
     "exit_confidence", "max_len", "max_train", "max_dev", "drop_top", "task_order", "tasks",
     "task_weights", "pair_swap", "pooling", "calib_fraction", "calib_max", "cos_threshold",
     "amp", "compile",
@@ -209,11 +210,17 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
+# Settings whose Config default is not what trials written before the setting existed
+# trained with: the value that reproduces the behaviour they had.
+BEFORE_SETTING = {"slf_embeddings": True, "exit_module_trained_only": True}
+
+
 def with_later_settings(table: pa.Table) -> pa.Table:
     """A trials table written before some setting existed, with that setting's column added
-    at its ``Config`` default: the value those trials trained with, in effect, so old and new
-    trials compare (and a resumed old sweep keeps one column type)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    at the value those trials trained with, in effect (its ``Config`` default unless
+    ``BEFORE_SETTING`` says otherwise), so old and new trials compare (and a resumed old sweep
+    keeps one column type)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)} | BEFORE_SETTING
     for name, typ in hyperparameter_fields():
         value = defaults.get(name, dataclasses.MISSING)
         if name in table.column_names or not isinstance(value, (bool, int, float, str)):
@@ -250,15 +257,27 @@ def check_writable(directory: str) -> None:
         raise ConfigError(f"results directory {directory} is not writable ({probe})")
 
 
+def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem for a URI (s3://, gs://, file://, ...) and the path inside it."""
+    return pafs.FileSystem.from_uri(uri)
+
+
 class Store:
-    """A results directory: a local path or a URI (s3://, gs://, file://) via pyarrow.fs."""
+    """A results directory: a local path or a URI (s3://, gs://, file://) via pyarrow.fs.
+
+    A URI pyarrow cannot open (unknown scheme, no credentials, bad bucket name) is a
+    DataError naming it.
+    """
 
     def __init__(self, root: str | Path):
         self.root = str(root)
         self.fs: pafs.FileSystem | None = None
         self.local: Path | None = None
         if is_uri(self.root):
-            fs, path = pafs.FileSystem.from_uri(self.root)
+            try:
+                fs, path = _from_uri(self.root)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot open results {self.root}: {first_line(exc)}") from None
             if isinstance(fs, pafs.LocalFileSystem):
                 self.local = Path(path)
             else:
@@ -270,10 +289,13 @@ class Store:
         return f"{self.path}/{name}"
 
     def exists(self, name: str = "") -> bool:
+        return self.file_type(name) != pafs.FileType.NotFound
+
+    def file_type(self, name: str = "") -> pafs.FileType:
+        """NotFound, File or Directory: what ``name`` (the root itself when empty) is."""
         if self.local is not None:
-            return (self.local / name).exists()
-        info = self.fs.get_file_info(self._remote(name) if name else self.path)
-        return info.type != pafs.FileType.NotFound
+            return pafs.LocalFileSystem().get_file_info(str(self.local / name)).type
+        return self.fs.get_file_info(self._remote(name) if name else self.path).type
 
     def write_bytes(self, name: str, data: bytes) -> None:
         """Atomic replace: temporary file in the same directory, then os.replace."""
@@ -311,40 +333,55 @@ class Store:
         return str(self.local) if self.local is not None else self.root
 
 
-def read_results(path: str | Path) -> dict[str, pd.DataFrame]:
-    """The three tables of a sweep ({"trials", "epochs", "exits"}); missing ones are empty.
+def read_results(path: str | Path, must_exist: bool = False) -> dict[str, pd.DataFrame]:
+    """The three tables of a sweep ({"trials", "epochs", "exits"}): the one reader of results,
+    for the sweep, the report and the benchmarks.
 
-    ``path`` is the sweep's results directory, local or s3:// / gs://.
+    ``path`` is the sweep's results directory, local or an s3:// / gs:// / file:// URI. A
+    missing table is empty, with its schema's columns; trials written before a setting
+    existed read back with it at its ``Config`` default. ``must_exist`` (the report, which
+    has nothing to show otherwise): a missing directory or trials.parquet is a DataError
+    naming the path. Always a DataError: a URI that cannot be opened, a file that cannot be
+    read as Parquet, a trials.parquet without a trial_id column.
     """
     store = Store(path)
+    where = str(path).rstrip("/")
+    empty = {"trials": trial_schema(), "epochs": epoch_schema(), "exits": EXIT_SCHEMA}
     out = {}
     for key, fname in FILES.items():
-        table = store.read_table(fname)
+        try:
+            table = store.read_table(fname)
+            if table is None and key == "trials" and must_exist:
+                _missing_trials(store, path)
+        except (OSError, ValueError, pa.ArrowException) as exc:  # also permission, truncated
+            raise DataError(f"cannot read {where}/{fname}: {first_line(exc)}") from None
         if table is None:
-            schema = {"trials": trial_schema(), "epochs": epoch_schema(), "exits": EXIT_SCHEMA}[key]
-            table = schema.empty_table()
+            table = empty[key].empty_table()
         if key == "trials":
+            if "trial_id" not in table.column_names:
+                raise DataError(f"{where}/{fname} has no trial_id column: not a sweep results file")
             table = with_later_settings(table)
         out[key] = table.to_pandas()
     return out
 
 
+def _missing_trials(store: Store, path: str | Path) -> None:
+    """Raise the DataError that says why a results directory has no trials.parquet."""
+    kind = store.file_type()
+    if kind == pafs.FileType.NotFound:
+        raise DataError(f"results directory not found: {path}")
+    if kind == pafs.FileType.File:
+        raise DataError(f"{path} is a file: pass the results directory holding trials.parquet")
+    raise DataError(f"no trials.parquet in {path} (has the sweep written any trial?)")
+
+
 def pareto_front(trials: pd.DataFrame, objectives: list[str], modes: list[str]) -> pd.DataFrame:
-    """Rows not dominated on the objectives (each "max" or "min"), best first."""
+    """Rows no other row matches on every objective and beats on one (each objective "max" or
+    "min"), best first by the first objective; rows missing an objective are left out. The
+    one Pareto front of the project: the sweep's summary and the report's time plot."""
     df = trials.dropna(subset=objectives)
-    signs = [1.0 if m == "max" else -1.0 for m in modes]
-    vals = [
-        [s * float(r[o]) for o, s in zip(objectives, signs, strict=True)] for _, r in df.iterrows()
-    ]
-    keep = []
-    for i, a in enumerate(vals):
-        dominated = any(
-            all(x >= y for x, y in zip(b, a, strict=True))
-            and any(x > y for x, y in zip(b, a, strict=True))
-            for j, b in enumerate(vals)
-            if j != i
-        )
-        if not dominated:
-            keep.append(i)
-    front = df.iloc[keep]
-    return front.sort_values(objectives[0], ascending=modes[0] == "min")
+    signs = np.array([1.0 if m == "max" else -1.0 for m in modes])
+    vals = df[objectives].to_numpy(dtype=float) * signs  # higher is better on every column
+    other, this = vals[None, :, :], vals[:, None, :]  # [i, j]: row j against row i
+    dominated = ((other >= this).all(axis=2) & (other > this).any(axis=2)).any(axis=1)
+    return df[~dominated].sort_values(objectives[0], ascending=modes[0] == "min")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import BertModel, get_linear_schedule_with_warmup
+from transformers import BertModel
 
 from berter.config import Config
 from berter.data.encode import (
@@ -85,6 +85,23 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def linear_warmup_decay(step: int, *, segments: tuple[int, ...], warmup_ratio: float) -> float:
+    """Learning-rate multiplier at ``step`` of a phase cut into runs of ``segments`` steps,
+    each with a linear warmup over ``warmup_ratio`` of the run and a linear decay to 0 at its
+    end: transformers' ``get_linear_schedule_with_warmup`` within every run (one run: exactly
+    that schedule). An empty run is skipped; past the last run: 0."""
+    for length in segments:
+        if step < length:
+            break
+        step -= length
+    else:
+        return 0.0
+    warmup = int(warmup_ratio * length)
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (length - step) / max(1, length - warmup))
 
 
 @dataclass
@@ -184,6 +201,10 @@ class TrainingRun:
         else:
             self.forward = self.model
         self.strategy = build_strategy(cfg, self.model)
+        # the tasks SMART regularises; none at smart_lambda=0, which then trains as smart=off
+        # (computing a zero-weighted term would still draw noise and dropout masks)
+        smart = {t.name for t in self.tasks if cfg.smart in ("all", t.name)}
+        self.smart_tasks = smart if cfg.smart_lambda else set()
         self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.epoch = 0  # epochs completed
         self.train_seconds = 0.0
@@ -223,7 +244,9 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ optimiser
     def build_optimizer(self, total_steps: int) -> None:
-        """Fresh optimiser and linear warmup-decay schedule (at every new phase)."""
+        """Fresh optimiser and linear warmup-decay schedule (at every new phase), for the phase
+        of the current epoch: one warmup and decay over its ``total_steps``, or one per run of
+        steps the strategy names (SLF: per layer's slice)."""
         cfg = self.cfg
         module = self.model.exit_module
         extra_ids = {id(p) for p in module.parameters()} if module is not None else set()
@@ -258,9 +281,13 @@ class TrainingRun:
             self.optimizer = torch.optim.RMSprop(groups, lr=cfg.lr, foreach=True)
         else:
             self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, foreach=True)
-        warmup = int(cfg.warmup_ratio * total_steps)
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, warmup, max(total_steps, 1)
+        phase = self.strategy.epoch_phase(self.epoch)
+        segments = tuple(self.strategy.lr_segments(phase, max(total_steps, 1)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            functools.partial(
+                linear_warmup_decay, segments=segments, warmup_ratio=cfg.warmup_ratio
+            ),
         )
 
     def lr_scales(self) -> dict[int, float]:
@@ -295,7 +322,8 @@ class TrainingRun:
     def loss_exits(self, plan: StepPlan) -> tuple[int, ...] | None:
         """The exits a step's loss reads (None: all), so the forward pass skips the rest.
 
-        Only the base exit loss is known to read nothing but the trained exits (Q-exit also
+        Only the base exit loss is known to read nothing but the trained exits (LTE and Q-exit
+        train their module on every exit, see ``cfg.exit_module_trained_only``; Q-exit also
         reads each one's predecessor); SMART reads the same exits as the loss.
         """
         if plan.exits and type(self.method).training_loss is ExitMethod.training_loss:
@@ -320,7 +348,7 @@ class TrainingRun:
             loss = self.method.training_loss(
                 task, outs, batch.labels, plan.exits, self.model.exit_module
             )
-            if self.cfg.smart == "all" or (self.cfg.smart == "para" and task.name == "para"):
+            if task.name in self.smart_tasks:
                 from berter.train.smart import smart_loss
 
                 loss = loss + self.cfg.smart_lambda * smart_loss(

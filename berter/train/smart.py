@@ -4,17 +4,27 @@ The term added to the task loss is ``R_s = max_{||x' - x|| <= eps} l_s(f(x'), f(
 a small, adversarially chosen perturbation of the input moves the model's outputs. As in the
 public reference implementations (mt-dnn, smart-pytorch):
 
-1. the *word* (token) embeddings are perturbed, starting from Gaussian noise of std
-   ``smart_eps``;
+1. the *embedding layer's output* is perturbed (word + position + token type, after the
+   embedding LayerNorm and dropout, as the first encoder layer receives it), starting from
+   Gaussian noise of std ``smart_eps``. mt-dnn, ``mt_dnn/matcher.py`` (commit f39c1d9, the
+   SMART release): ``embed_encode`` returns ``self.bert.embeddings(input_ids,
+   token_type_ids)`` and ``embed_forward`` runs the encoder layers on ``embed + noise``;
+   ``mt_dnn/perturbation.py`` ``SmartPerturbation.forward`` draws the noise and steps it;
+   smart-pytorch's README BERT example perturbs ``model.bert.embeddings(...)`` likewise.
+   Every pair layout is perturbed the same way: a packed pair, the two separately embedded
+   halves of an ``after_embed`` pair, and both sentences of a siamese pair;
 2. ``smart_steps`` ascent steps each take the gradient of the divergence between perturbed and
    (detached) clean outputs w.r.t. the noise, add ``smart_step`` times it, and rescale every
-   token's noise by its infinity norm (so, as in the references, the perturbation after an
-   ascent step has unit infinity norm per token whatever ``smart_eps``); a step whose
+   token's noise by its infinity norm (``_norm_grad`` in ``mt_dnn/perturbation.py``,
+   ``inf_norm`` in ``smart_pytorch/smart_pytorch.py``: so, as in the references, the
+   perturbation after an ascent step has unit infinity norm per token whatever ``smart_eps``,
+   which next to the LayerNorm-scaled embedding output is well below its size); a step whose
    gradient is not finite is skipped, keeping the current perturbation;
 3. the final term compares perturbed and clean outputs with a symmetric KL divergence for
-   classification exits (each direction with its target detached; a single binary logit is the
-   two-class distribution ``[1 - sigmoid, sigmoid]``) and MSE for regression exits and for
-   siamese exits, whose output is a cosine.
+   classification exits (each direction with its target detached, as ``SymKlCriterion`` in
+   ``mt_dnn/loss.py``; a single binary logit is the two-class distribution
+   ``[1 - sigmoid, sigmoid]``) and MSE for regression exits and for siamese exits, whose
+   output is a cosine.
 
 The term is summed over the exits the strategy trains at this step, like the task loss, so
 ``smart_lambda`` weighs each exit's regulariser against its own task loss.
@@ -22,11 +32,13 @@ The term is summed over the exits the strategy trains at this step, like the tas
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
 from berter.config import Config
-from berter.model.multi_exit import ExitOutput, MultiExitBert
+from berter.model.multi_exit import EncoderState, ExitOutput, MultiExitBert
 from berter.tasks import Batch
 
 NORM_EPS = 1e-6  # keeps the infinity-norm rescaling finite for an all-zero token
@@ -77,39 +89,38 @@ def _project(noise: torch.Tensor) -> torch.Tensor:
     return noise / (noise.abs().amax(dim=-1, keepdim=True) + NORM_EPS)
 
 
+def _perturbed(embedded: EncoderState, noise: torch.Tensor) -> EncoderState:
+    return replace(embedded, hidden=embedded.hidden + noise)
+
+
 def adversarial_noise(
     model: MultiExitBert,
     batch: Batch,
     clean_outs: list[ExitOutput],
     exits: tuple[int, ...],
     cfg: Config,
-    words: list[torch.Tensor] | None = None,
-) -> list[torch.Tensor]:
-    """The perturbation of each input sequence's word embeddings after the ascent steps."""
-    if words is None:
-        words = model.word_embeddings(batch)
-    base = [w.detach() for w in words]
-    noise = [torch.randn_like(w) * cfg.smart_eps for w in base]
+    embedded: EncoderState | None = None,
+) -> torch.Tensor:
+    """The perturbation of the embedding output (``model.embed``) after the ascent steps."""
+    if embedded is None:
+        embedded = model.embed(batch)
+    base = replace(embedded, hidden=embedded.hidden.detach())
+    noise = torch.randn_like(base.hidden) * cfg.smart_eps
     regression = model.tasks[batch.task].is_regression
     layers = max(exits) + 1
     for _ in range(int(cfg.smart_steps)):
-        noise = [n.detach().requires_grad_() for n in noise]
-        outs = model.forward(
-            batch, word_embeds=[b + n for b, n in zip(base, noise, strict=True)], layers=layers
-        )
+        noise = noise.detach().requires_grad_()
+        outs = model.encode(_perturbed(base, noise), batch.task, layers=layers)
         loss = _exits_divergence(outs, clean_outs, exits, regression, symmetric=False)
         if not torch.is_tensor(loss) or not loss.requires_grad:
             break  # the outputs do not depend on the input: nothing to ascend
-        grads = torch.autograd.grad(loss, noise, allow_unused=True)
-        grads = [torch.zeros_like(n) if g is None else g for n, g in zip(noise, grads, strict=True)]
+        (grad,) = torch.autograd.grad(loss, noise, allow_unused=True)
+        grad = torch.zeros_like(noise) if grad is None else grad
         # A non-finite gradient skips the step (the current perturbation stays); decided on
         # the device, since asking the host would stall the GPU once per SMART batch.
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        noise = [
-            torch.where(finite, _project(n + cfg.smart_step * g.nan_to_num()), n)
-            for n, g in zip(noise, grads, strict=True)
-        ]
-    return [n.detach() for n in noise]
+        finite = torch.isfinite(grad).all()
+        noise = torch.where(finite, _project(noise + cfg.smart_step * grad.nan_to_num()), noise)
+    return noise.detach()
 
 
 def smart_loss(
@@ -122,10 +133,8 @@ def smart_loss(
     """The adversarial regulariser R_s for one batch, summed over ``exits``."""
     if not exits:
         return clean_outs[-1].logits.new_zeros(())
-    words = model.word_embeddings(batch)
-    noise = adversarial_noise(model, batch, clean_outs, exits, cfg, words)
-    outs = model.forward(
-        batch, word_embeds=[w + n for w, n in zip(words, noise, strict=True)], layers=max(exits) + 1
-    )
+    embedded = model.embed(batch)
+    noise = adversarial_noise(model, batch, clean_outs, exits, cfg, embedded)
+    outs = model.encode(_perturbed(embedded, noise), batch.task, layers=max(exits) + 1)
     regression = model.tasks[batch.task].is_regression
     return _exits_divergence(outs, clean_outs, exits, regression, symmetric=True)

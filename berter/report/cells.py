@@ -1,0 +1,69 @@
+"""How the report reads and shows one cell: numeric columns, hh:mm:ss, scores, dashes.
+
+Results files of older or other sweeps may lack a column or hold None/NaN where a value is
+missing; these helpers turn all of that into NaN when computing and a dash when showing, so
+the analysis, the figures and the renderers never test for it themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DASH = "—"
+
+
+def finite(x: Any) -> bool:
+    """A number that is not None, NaN or infinite (strings that parse as one count)."""
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def numeric(df: pd.DataFrame, name: str) -> pd.Series:
+    """A numeric column, or NaNs when the file does not have it."""
+    if name in df.columns:
+        return pd.to_numeric(df[name], errors="coerce")
+    return pd.Series(np.nan, index=df.index, dtype=float)
+
+
+def as_list(x: Any) -> list[float]:
+    """A list column's cell as floats; [] when it is missing."""
+    if x is None or isinstance(x, (float, str)):
+        return []
+    try:
+        return [float(v) for v in x]
+    except TypeError:
+        return []
+
+
+def format_duration(seconds: Any) -> str:
+    """Seconds as hh:mm:ss (hours may exceed 24); missing -> a dash."""
+    if not finite(seconds):
+        return DASH
+    total = int(round(float(seconds)))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A score with ``digits`` decimals; missing -> a dash."""
+    return f"{float(x):.{digits}f}" if finite(x) else DASH
+
+
+def fmt_value(x: Any) -> str:
+    """A hyperparameter value: integers plain, floats with 3 significant digits."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return DASH
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and float(x).is_integer()):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return f"{float(x):.2e}" if abs(float(x)) < 1e-3 else f"{float(x):.3g}"
+    return str(x)
