@@ -13,6 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "berter"
 
 LAYERS = (
+    "berter",  # the package's __init__ only (its version, no imports): exact match, not a prefix
     "berter.errors",
     "berter.registry",
     "berter.tasks",
@@ -29,7 +30,6 @@ LAYERS = (
     "berter.sweep",
     "berter.report",
     "berter.cli",
-    "berter",
 )
 
 
@@ -42,7 +42,7 @@ def module_name(path: Path) -> str:
 
 def layer_of(module: str) -> int:
     for i, prefix in enumerate(LAYERS):
-        if module == prefix or module.startswith(prefix + "."):
+        if module == prefix or (prefix != "berter" and module.startswith(prefix + ".")):
             return i
     raise AssertionError(f"{module} is in no layer of LAYERS")
 
