@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # a Batch holds tensors; the task table must not cost a torch import
+    import torch
 
 from berter.errors import ConfigError
 
@@ -120,6 +122,8 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """Page-locked copies for async host-to-GPU copies; a no-op without CUDA."""
+        import torch
+
         if not torch.cuda.is_available():
             return self
         return self._map(lambda t: t.pin_memory())
