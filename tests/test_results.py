@@ -185,7 +185,7 @@ def test_schema_fixes_column_types_even_for_missing_values():
     assert str(table.schema.field("layer_scores").type) == "list<item: double>"
     assert table.column("dev_score").to_pylist() == [None]
     assert str(table.schema.field("started_at").type) == "timestamp[us, tz=UTC]"
-    assert EXIT_SCHEMA.names[:4] == ["trial_id", "variant", "epoch", "task"]
+    assert EXIT_SCHEMA.names[:5] == ["trial_id", "config_id", "variant", "epoch", "task"]
 
 
 def test_every_field_a_sweep_can_search_or_fix_is_a_trials_column():

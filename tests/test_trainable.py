@@ -167,7 +167,8 @@ def test_trial_steps_one_epoch_at_a_time_on_the_calling_thread(tiny_model):
     trial = Watched({"lr": 2e-3})
     first, second = trial.step(), trial.step()
     assert seen == [threading.current_thread()] * 2  # Tune calls step() on the actor's main thread
-    assert trial.run.cfg.lr == 2e-3 and trial.run.epoch == 2
+    run = trial.group.runs[0]
+    assert run.cfg.lr == 2e-3 and run.epoch == 2
     assert (first["epoch"], first["should_checkpoint"], first["done"]) == (1, True, False)
     assert (second["epoch"], second["should_checkpoint"], second["done"]) == (2, True, True)
     assert first["setup_seconds"] == second["setup_seconds"] > 0
@@ -188,7 +189,7 @@ def test_trial_restored_from_its_last_checkpoint_reports_that_epoch_without_trai
     again = cls({})
     again.load_checkpoint(str(tmp_path))
     result = again.step()
-    assert again.run.epoch == 2 and again.report is None  # nothing trained
+    assert again.group.epoch == 2 and again.report is None  # nothing trained
     assert result["done"] and result["started_at"] == last["started_at"]
     assert result["dev_score"] == pytest.approx(last["dev_score"])
     assert result["epoch"] == 2 and "should_checkpoint" not in result
@@ -217,7 +218,8 @@ def test_reset_config_builds_the_next_trial_in_the_same_worker(tiny_model):
     trial = make_trial(tiny_model)({"lr": 2e-3})
     trial.step()
     assert trial.reset_config({"lr": 5e-4}) is True  # so Tune reuses the actor
-    assert trial.run.cfg.lr == 5e-4 and trial.run.epoch == 0 and trial.report is None
+    run = trial.group.runs[0]
+    assert run.cfg.lr == 5e-4 and run.epoch == 0 and trial.report is None
     assert trial.step()["epoch"] == 1
 
 
@@ -228,7 +230,7 @@ def test_reset_config_frees_the_finished_run_before_building_the_next(tiny_model
 
     trial = make_trial(tiny_model)({"lr": 2e-3})
     trial.step()
-    old_model = weakref.ref(trial.run.model)
+    old_model = weakref.ref(trial.group.runs[0].model)
     alive_at_build = []
 
     class Watched(train.TrainingRun):
@@ -240,4 +242,4 @@ def test_reset_config_frees_the_finished_run_before_building_the_next(tiny_model
     trial.reset_config({"lr": 5e-4})
     assert alive_at_build == [False]  # a reused worker never holds two trials' weights
     trial.cleanup()
-    assert trial.run is None
+    assert trial.group is None

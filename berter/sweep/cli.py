@@ -32,7 +32,7 @@ SWEEP_OPTIONS = (
     "search", "set", "range", "variants", "data_dir", "data", "tasks", "model", "num_samples",
     "epochs", "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
     "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "grace_period",
-    "reduction_factor",
+    "reduction_factor", "seeds",
 )  # fmt: skip
 
 
@@ -54,6 +54,9 @@ The BERTer paper's best setting is lr 1.3e-5, batch 16, dropout 0.3, 5 epochs; t
 default is {Config.lr:g} because the packaged 6-layer backbone learns too slowly at 1.3e-5
 in a few epochs.
 
+--search none searches nothing: a grid of the --variants at the fixed settings, one trial
+per variant, run to the end (FIFO), e.g. --variants paper --seeds 3 --search none.
+
 Variants (--variants): "paper" (the twelve BERTer Table 2 rows), "all", a preset name, or a
 filter such as "smart=para,exit=lte". Without --variants the Config default variant runs.
 Without a variant axis in --search, trial i gets variant i mod V (so --num-samples V covers
@@ -64,6 +67,10 @@ Data: --data-dir DIR, or --data demo. Without either, ./data is used when it hol
 files, else the built-in demo set, with the defaults --num-samples {DEMO_DEFAULTS["num_samples"]} --epochs {DEMO_DEFAULTS["epochs"]}
 --max-train {DEMO_DEFAULTS["max_train"]} (a few minutes on 2 CPU cores).
 On real data the defaults are --num-samples {DEFAULT_NUM_SAMPLES} and the Config epochs.
+
+Seeds: --seeds N trains every configuration N times (seeds --seed, --seed + 1, ...), one
+epoch of each in turn within one trial; ASHA and Optuna see the mean over the seeds, and
+the results hold one row per seed (trial_id <config_id>-seed<k>, config_id, seed).
 
 Scheduling: ASHA (grace period 1 epoch, max_t = the longest trial's epochs, reduction
 factor 2 for runs of up to 4 epochs, else 3) stops weak trials early; its time axis counts
@@ -115,7 +122,9 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
     p.add_argument("--max-train", type=int, help="training examples per task (seeded subset)")
     p.add_argument("--max-dev", type=int, help="dev examples per task (seeded subset)")
     p.add_argument("--max-len", type=int, help="max tokens per sequence (default 128)")
-    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    p.add_argument(
+        "--scheduler", choices=["asha", "fifo"], help="default asha; fifo for --search none"
+    )
     p.add_argument(
         "--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped"
     )
@@ -148,7 +157,15 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
     p.add_argument(
         "--address", help="join a Ray cluster: auto (on the head node) or ray://host:10001"
     )
-    p.add_argument("--seed", type=int, help="seed of the searcher and of every trial (default 0)")
+    p.add_argument(
+        "--seed", type=int, help="seed of the searcher, the data subsets and training (default 0)"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="training seeds per configuration (--seed, --seed + 1, ...); their mean is reported",
+    )
     p.add_argument(
         "--max-failures",
         type=int,
@@ -171,10 +188,15 @@ def announce(plan: Plan, resume: bool) -> None:
     shown = ", ".join(v.preset or v.slug for v in variants[:4]) + (
         " ..." if len(variants) > 4 else ""
     )
+    seeds = f" x {plan.seeds} seeds" if plan.seeds > 1 else ""
+    search = (
+        f"search {','.join(plan.search)}, {plan.search_alg}/{plan.scheduler}"
+        if plan.search
+        else f"no search (a grid), {plan.scheduler}"
+    )
     print(
-        f"{what} {plan.name}: {plan.num_samples} trials, {len(variants)} variant(s) ({shown}), "
-        f"search {','.join(plan.search)}, {plan.search_alg}/{plan.scheduler}, "
-        f"objective {','.join(plan.objective)}, epochs {plan.base['epochs']}"
+        f"{what} {plan.name}: {plan.num_samples} trials{seeds}, {len(variants)} variant(s) "
+        f"({shown}), {search}, objective {','.join(plan.objective)}, epochs {plan.base['epochs']}"
     )
     sys.stdout.flush()
 

@@ -69,13 +69,14 @@ class Plan:
     gpus_per_trial: float
     max_concurrent: int | None
     max_failures: int
-    seed: int
+    seed: int  # the searcher's, the data subsets' and the first training seed
     data_source: str
     data_is_demo: bool
     notes: list[str] = field(default_factory=list)
     created_at: str = ""
     grace_period: int = 1  # ASHA
     reduction_factor: float | None = None  # ASHA; None: berter.sweep.searcher.reduction_factor
+    seeds: int = 1  # training runs per configuration, seed .. seed + seeds - 1 (berter.sweep.seeds)
 
     @property
     def variant_objs(self) -> list[Variant]:
@@ -119,7 +120,10 @@ def make_plan(
     model: seconds of torch / transformers imports) is checked in another.
     """
     if not args.search:
-        raise ConfigError("--search is required, e.g. --search lr,batch,dropout")
+        raise ConfigError(
+            "--search is required, e.g. --search lr,batch,dropout (or --search none: "
+            "the --variants at fixed settings)"
+        )
     params = parse_search(args.search)
     hyper = [p for p in params if p.kind != "axis"]
     settings = parse_settings(args.set, params)
@@ -135,7 +139,8 @@ def _check_numbers(args: argparse.Namespace, settings: dict[str, Any]) -> None:
     """Counts, resources and ASHA's settings in range; --epochs and --set epochs not both."""
     if "epochs" in settings and args.epochs is not None:
         raise ConfigError("--set epochs conflicts with --epochs; give one")
-    for opt in ("num_samples", "epochs", "max_train", "max_dev", "max_len", "max_concurrent"):
+    for opt in ("num_samples", "epochs", "max_train", "max_dev", "max_len", "max_concurrent",
+                "seeds"):  # fmt: skip
         value = getattr(args, opt)
         if value is not None and value < 1:
             raise ConfigError(f"--{opt.replace('_', '-')} must be >= 1, got {value}")
@@ -180,17 +185,19 @@ def _resolve_plan(
 
     directory = _new_directory(args.results, name)
     data_dir = _data_dir(args)
-    budget = _budget(args, settings, demo=data_dir is None)
+    grid = not params  # --search none
+    budget = _budget(args, settings, demo=data_dir is None, grid=grid)
     base = _base_config(args, settings, data_dir, budget)
     searched_axes = [BY_NAME[p.name].field for p in params if p.kind == "axis"]
     variants = candidate_variants(args.variants, searched_axes, base)
     round_robin = not searched_axes
-    notes = budget.notes + (_coverage_note(variants, budget.num_samples) if round_robin else [])
-    hyper, num_samples, capped = _searched_ranges(hyper, args, base, variants, budget.num_samples)
+    wanted = budget.num_samples or len(variants)  # a grid: one trial per variant unless told
+    notes = budget.notes + (_coverage_note(variants, wanted) if round_robin else [])
+    hyper, num_samples, capped = _searched_ranges(hyper, args, base, variants, wanted)
     with data_warnings() as warned:
         data = load_data_for(base)
     max_t = _max_t(base, hyper, budget.epochs, variants)
-    scheduler, switched = _scheduler(args.scheduler, objective)
+    scheduler, switched = _scheduler(args.scheduler, objective, grid)
     plan = Plan(
         name=name,
         directory=directory,
@@ -216,6 +223,7 @@ def _resolve_plan(
         created_at=datetime.now().isoformat(timespec="seconds"),
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
+        seeds=args.seeds,
     )
     return plan, data
 
@@ -259,22 +267,27 @@ def _default_data_dir(tasks: tuple[str, ...]) -> str | None:
     return None
 
 
-def _budget(args: argparse.Namespace, settings: dict[str, Any], demo: bool) -> Budget:
+def _budget(
+    args: argparse.Namespace, settings: dict[str, Any], demo: bool, grid: bool = False
+) -> Budget:
     """Trials, epochs and training examples: the options, else small defaults on the demo set
-    (a note names them) and the real-data ones otherwise."""
+    (a note names them) and the real-data ones otherwise. A grid (``--search none``) runs
+    one trial per variant unless --num-samples says otherwise: ``num_samples`` 0."""
     defaults = DEMO_DEFAULTS if demo else {"num_samples": DEFAULT_NUM_SAMPLES}
+    if grid:
+        defaults = {**defaults, "num_samples": 0}
     given = {
         "num_samples": args.num_samples,
         "epochs": args.epochs or settings.get("epochs"),
         "max_train": args.max_train,
     }
     notes = []
-    filled = {k: v for k, v in DEMO_DEFAULTS.items() if given[k] is None}
+    filled = {k: v for k, v in defaults.items() if given[k] is None and v}
     if demo and filled:
         shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
         notes.append(f"demo defaults: {shown} (pass them to change)")
     return Budget(
-        num_samples=given["num_samples"] or defaults["num_samples"],
+        num_samples=given["num_samples"] or defaults["num_samples"],  # 0: one per variant
         epochs=given["epochs"] or defaults.get("epochs") or Config().epochs,
         max_train=given["max_train"] or defaults.get("max_train"),
         notes=notes,
@@ -382,8 +395,13 @@ def main_epochs(cfg: Config, num_layers: int) -> int:
     return strategy.epochs_for(cfg)
 
 
-def _scheduler(requested: str, objective: list[str]) -> tuple[str, list[str]]:
-    """``--scheduler``, but FIFO for two objectives (ASHA ranks by one), with a note."""
+def _scheduler(
+    requested: str | None, objective: list[str], grid: bool = False
+) -> tuple[str, list[str]]:
+    """``--scheduler``; by default ASHA, but FIFO for a grid (``--search none``: every row
+    runs all its epochs, so the table compares them at the same budget); FIFO for two
+    objectives (ASHA ranks by one), with a note."""
+    requested = requested or ("fifo" if grid else "asha")
     if len(objective) == 2 and requested == "asha":
         return "fifo", ["two objectives: ASHA is single-objective, using the FIFO scheduler"]
     return requested, []

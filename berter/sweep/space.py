@@ -136,13 +136,20 @@ def space_help() -> str:
     return "\n".join(lines)
 
 
+NO_SEARCH = "none"  # --search none: nothing searched, a grid of the --variants at fixed settings
+
+
 def parse_search(spec: str) -> list[Param]:
-    """``"lr,batch,exit"`` -> the Params, in table order; an unknown name is a ConfigError."""
+    """``"lr,batch,exit"`` -> the Params, in table order; ``"none"`` -> none (a plain grid of
+    variants, every setting fixed); an unknown name is a ConfigError."""
+    if spec.strip().lower() == NO_SEARCH:
+        return []
     names = [ALIASES.get(n.strip(), n.strip()) for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         raise ConfigError(
-            f"unknown --search name(s): {', '.join(unknown)}; searchable: {', '.join(BY_NAME)}"
+            f"unknown --search name(s): {', '.join(unknown)}; searchable: {', '.join(BY_NAME)} "
+            f"(or {NO_SEARCH})"
         )
     if not names:
         raise ConfigError("--search is empty; name at least one of: " + ", ".join(BY_NAME))

@@ -2,8 +2,9 @@
 
 Files under ``results/<name>/`` (or a ``--results`` directory or s3:// / gs:// URI):
 
-- ``trials.parquet``: one row per trial. Identity (trial_id, trial_name, status, error,
-  variant, preset, the six axes), every hyperparameter of the resolved ``Config``, and the
+- ``trials.parquet``: one row per training run. Identity (trial_id, config_id, trial_name,
+  status, error, variant, preset, the six axes), every hyperparameter of the resolved
+  ``Config``, and the
   metrics **of the trial's best epoch by dev_score** (ties: the earlier epoch), so a trial
   that overfits in its last epoch still shows what it reached. Exceptions, which describe
   the whole trial: train_seconds (all epochs), epochs_done, speedup_wall (measured once,
@@ -11,9 +12,13 @@ Files under ``results/<name>/`` (or a ``--results`` directory or s3:// / gs:// U
   (ASHA stopped it before its last epoch), diverged (non-finite training loss) or error.
   checkpoint is the directory of the best epoch's checkpoint (Tune keeps it, by dev_score):
   ``berter infer <checkpoint> <datafile>`` runs the trained model on new data.
-- ``epochs.parquet``: one row per trial per epoch with the same metric columns plus epoch,
+  A run is one seed of one configuration: ``config_id`` is the Tune trial that trained it,
+  ``seed`` its training seed. With ``--seeds 1`` (the default) a Tune trial trains one run
+  and ``trial_id == config_id``; with ``--seeds N`` it trains N, whose ``trial_id`` is
+  ``<config_id>-seed<seed>`` (:mod:`berter.sweep.seeds`).
+- ``epochs.parquet``: one row per run per epoch with the same metric columns plus epoch,
   phase, epoch_seconds, train_loss.
-- ``exits.parquet``: the post-hoc early-exit trade-off table of each trial's best epoch:
+- ``exits.parquet``: the post-hoc early-exit trade-off table of each run's best epoch:
   trial_id, task, exit_method, threshold, metric, avg_exit_layer.
 
 Column types come from explicit pyarrow schemas. Every write goes to a temporary file in the
@@ -91,7 +96,7 @@ NOT_HYPERPARAMETERS = {
     **dict.fromkeys(AXES, "a variant axis: an identity column of its own"),
     "data_dir": "a path on the machine that ran the sweep; data_source names the data",
     "model": "an identity column of its own, after the metrics",
-    "seed": "an identity column of its own, after the metrics",
+    "seed": "an identity column of its own (a run is one seed of a configuration)",
     "device": "runtime: where the trial ran, chosen per trial",
     "num_threads": "runtime: the trial's CPU share, chosen per trial",
     "test_fault": "test-only fault injection",
@@ -132,6 +137,11 @@ def hyperparameter_fields() -> list[tuple[str, pa.DataType]]:
     return fields
 
 
+# What every row of the three files starts with: the training run, and the configuration
+# (Tune trial) it is one seed of; the same value when a configuration trains one seed.
+RUN_IDENTITY: list[tuple[str, pa.DataType]] = [("trial_id", STR), ("config_id", STR)]
+
+
 def _schema(fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
     return pa.schema([pa.field(n, t) for n, t in fields])
 
@@ -139,7 +149,7 @@ def _schema(fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
 def trial_schema(tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS) -> pa.Schema:
     return _schema(
         [
-            ("trial_id", STR), ("trial_name", STR), ("status", STR), ("error", STR),
+            *RUN_IDENTITY, ("trial_name", STR), ("status", STR), ("error", STR),
             ("variant", STR), ("preset", STR), *[(a, STR) for a in AXES],
             *hyperparameter_fields(),
             *METRICS, *task_metric_fields(tasks),
@@ -154,19 +164,20 @@ def trial_schema(tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS) -> pa.Schem
 def epoch_schema(tasks: tuple[str, ...] | list[str] = DEFAULT_TASKS) -> pa.Schema:
     return _schema(
         [
-            ("trial_id", STR), ("trial_name", STR), ("variant", STR), ("epoch", I64),
+            *RUN_IDENTITY, ("trial_name", STR), ("variant", STR), ("epoch", I64),
             ("phase", STR), ("epoch_seconds", F64), ("train_loss", F64), ("train_seconds", F64),
             *METRICS, *task_metric_fields(tasks), ("main_epoch", I64),
-            ("diverged", BOOL), ("reported_at", TS),
+            ("diverged", BOOL), ("seed", I64), ("reported_at", TS),
         ]
     )  # fmt: skip
 
 
 EXIT_SCHEMA = _schema(
     [
-        ("trial_id", STR), ("variant", STR), ("epoch", I64), ("task", STR),
+        *RUN_IDENTITY, ("variant", STR), ("epoch", I64), ("task", STR),
         ("exit_method", STR), ("threshold", F64), ("metric", F64), ("avg_exit_layer", F64),
         ("layers_saved", F64), ("calib_metric", F64), ("calib_avg_exit_layer", F64),
+        ("seed", I64),
     ]
 )  # fmt: skip
 
@@ -227,6 +238,14 @@ def with_later_settings(table: pa.Table) -> pa.Table:
             continue
         table = table.append_column(pa.field(name, typ), pa.array([value] * len(table), typ))
     return table
+
+
+def with_config_id(table: pa.Table) -> pa.Table:
+    """A table written before runs were grouped into configurations, with ``config_id`` set
+    to ``trial_id`` (each of its trials trained one seed: its own configuration)."""
+    if "config_id" in table.column_names or "trial_id" not in table.column_names:
+        return table
+    return table.append_column(pa.field("config_id", STR), table.column("trial_id").cast(STR))
 
 
 # ----------------------------------------------------------------------------- storage
@@ -361,7 +380,7 @@ def read_results(path: str | Path, must_exist: bool = False) -> dict[str, pd.Dat
             if "trial_id" not in table.column_names:
                 raise DataError(f"{where}/{fname} has no trial_id column: not a sweep results file")
             table = with_later_settings(table)
-        out[key] = table.to_pandas()
+        out[key] = with_config_id(table).to_pandas()
     return out
 
 

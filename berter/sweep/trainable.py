@@ -1,5 +1,8 @@
 """The Ray Tune trainable: one trial = one variant + hyperparameters, epoch by epoch.
 
+A trial trains its configuration's seeds (one, or ``--seeds N``: berter.sweep.seeds) in
+lockstep and reports their mean, with each seed's own result beside it.
+
 The driver loads and validates the data once and hands it to every trial through
 ``tune.with_parameters`` (one copy in the object store, not one read per trial), together
 with the :class:`TrialSpec` that says how a trial config becomes a ``Config``.
@@ -60,6 +63,7 @@ class TrialSpec:
     base: dict[str, Any]  # Config fields (not searched)
     variants: list[Variant]
     measure_speedup: bool = True
+    seeds: int = 1  # training runs per configuration: seed, seed + 1, ... (berter.sweep.seeds)
     faults: tuple[str, ...] = ()  # test-only, see the module docstring
     fault_dir: str | None = None
     by_name: dict[str, Variant] = field(init=False, repr=False)
@@ -72,6 +76,12 @@ class TrialSpec:
         if name not in self.by_name:
             raise KeyError(f"trial config names an unknown variant {name!r}")
         return self.by_name[name]
+
+    def run_seeds(self) -> list[int]:
+        """The training seeds of every configuration of the sweep."""
+        from berter.sweep.seeds import seeds_of
+
+        return seeds_of(int(self.base.get("seed", Config.seed)), self.seeds)
 
     def resolve(self, trial_config: dict[str, Any]) -> Config:
         """Base config + the trial's variant axes + its sampled hyperparameters, validated."""
@@ -237,7 +247,7 @@ class Trial(tune.Trainable):
     function trainable gets (benchmarks/trial_thread.py). Wrap it with
     ``tune.with_parameters(Trial, data=..., spec=...)`` (see ``trainable_with_resources``).
     With ``reuse_actors`` a worker keeps its imports and tokenizer and ``reset_config`` builds
-    the next trial's run in place.
+    the next trial's runs in place.
     """
 
     def setup(
@@ -253,17 +263,17 @@ class Trial(tune.Trainable):
         return True
 
     def release(self) -> None:
-        """Free the finished trial's run (model, optimiser, encoded data) before the next one
-        is built, so that a reused worker never holds two runs at once."""
-        self.run = self.report = None
+        """Free the finished trial's runs (model, optimiser, encoded data) before the next
+        one's are built, so that a reused worker never holds two trials' runs at once."""
+        self.group = self.report = None
         gc.collect()
 
     def cleanup(self) -> None:
         self.release()
 
     def start(self, config: dict[str, Any]) -> None:
-        """Build this trial's TrainingRun (model, encoded data, optimiser to come)."""
-        from berter.train.run import TrainingRun
+        """Build this trial's TrainingRuns, one per seed (model, encoded data, optimiser to come)."""
+        from berter.sweep.seeds import SeedGroup
 
         self.setup_started = time.perf_counter()
         spec = self.spec
@@ -278,58 +288,65 @@ class Trial(tune.Trainable):
         if self.device == "cpu":
             cfg = dataclasses.replace(cfg, num_threads=self.cpus)
             torch.set_num_threads(self.cpus)
-        self.run = TrainingRun(cfg, self.data, device=self.device)
+        self.group = SeedGroup(cfg, self.data, spec.seeds, device=self.device)
         # a resumed trial keeps its first start's time (load_checkpoint overwrites it)
         self.meta: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat()}
         variant = spec.variant_of(config)
         self.info: dict[str, Any] = {
             "variant": variant.name,
             "preset": variant.preset,
-            "data_source": self.run.data.source,
+            "data_source": self.group.runs[0].data.source,
             "model": cfg.model,
-            "seed": cfg.seed,
         }
         self.setup_seconds: float | None = None
         self.report: Any = None
 
     def step(self) -> dict[str, Any]:
-        run, num_epochs = self.run, self.run.strategy.num_epochs
+        group = self.group
         if self.setup_seconds is None:  # model, data encoding, checkpoint restore
             self.setup_seconds = time.perf_counter() - self.setup_started
-        if run.finished:  # restored from the final epoch's checkpoint: nothing left to train
+        if group.finished:  # restored from the final epoch's checkpoint: nothing left to train
             return {**self.meta.get("result", {}), "done": True}
         if self.report is not None and self.report.epoch == self.stall_after:
             time.sleep(STALL_SECONDS)  # test fault: epoch E, trained here, is checkpointed by now
+        result = group.step(self.train_epoch)
+        if result["diverged"]:  # no checkpoint of non-finite weights
+            return {**result, "done": True}
+        if group.finished:  # what a restore from this (last) epoch's checkpoint reports
+            self.meta["result"] = json_safe(result)
+        return {**result, "should_checkpoint": True, "done": group.finished}
+
+    def train_epoch(self, run: Any) -> dict[str, Any]:
+        """One epoch of one seed's run: its result, with the speedup after its last epoch."""
         self.report = report = run.next_epoch()
         result = {
-            **epoch_result(run, report, num_epochs),
+            **epoch_result(run, report, run.strategy.num_epochs),
             **self.info,
+            "seed": run.cfg.seed,
             "started_at": self.meta["started_at"],
             "setup_seconds": self.setup_seconds,
         }
-        if result["diverged"]:  # no checkpoint of non-finite weights
-            return {**result, "done": True}
-        if run.finished and self.spec.measure_speedup:
+        if run.finished and not result["diverged"] and self.spec.measure_speedup:
             started = time.perf_counter()
             try:
                 result.update(measure_speedup(run, self.cpus if self.device == "cpu" else None))
             except Exception as exc:  # a timing failure must not discard a trained trial
                 logging.getLogger(__name__).warning("speedup not measured: %s", exc)
             result["speedup_seconds"] = time.perf_counter() - started
-        if run.finished:  # what a restore from this (last) epoch's checkpoint reports
-            self.meta["result"] = json_safe(result)
-        return {**result, "should_checkpoint": True, "done": run.finished}
+        return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         from berter.exits.calibration import thresholds_from_metrics
 
-        thresholds = thresholds_from_metrics(self.report.metrics, list(self.run.cfg.tasks))
-        meta = {**self.meta, "epoch": self.run.epoch}
-        # the last epoch's checkpoint is read only for its weights: no optimiser state
-        save_checkpoint(self.run, checkpoint_dir, meta, thresholds, optimizer=not self.run.finished)
+        meta = {**self.meta, "epoch": self.group.epoch}
+        for run, directory in self.group.directories(checkpoint_dir):
+            thresholds = thresholds_from_metrics(run.history[-1].metrics, list(run.cfg.tasks))
+            # the last epoch's checkpoint is read only for its weights: no optimiser state
+            save_checkpoint(run, directory, meta, thresholds, optimizer=not run.finished)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        self.meta.update(load_checkpoint(self.run, checkpoint_dir))
+        for run, directory in self.group.directories(checkpoint_dir):
+            self.meta.update(load_checkpoint(run, directory))
 
 
 def trainable_with_resources(data: Any, spec: TrialSpec, cpus: float, gpus: float) -> Any:

@@ -98,7 +98,7 @@ def build_tuner(
     variants = plan.variant_objs
     faults = injected_faults(plan)
     fault_dir = f"{plan.directory}/{FAULT_DIR}" if faults else None
-    spec = TrialSpec(plan.base, variants, faults=faults, fault_dir=fault_dir)
+    spec = TrialSpec(plan.base, variants, faults=faults, fault_dir=fault_dir, seeds=plan.seeds)
     trainable = trainable_with_resources(data, spec, plan.cpus_per_trial, plan.gpus_per_trial)
     if resume:
         from ray.tune import Tuner
@@ -192,13 +192,32 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def configurations(runs: Any) -> Any:
+    """One row per configuration (Tune trial) of a trials table: the mean over its runs of
+    each float column, the first run's value of anything else (counts, names, the shared
+    best epoch); the table itself when every configuration trained one seed."""
+    import pandas as pd
+
+    if runs.empty or runs["config_id"].is_unique:
+        return runs
+    agg = {
+        c: "mean" if pd.api.types.is_float_dtype(runs[c]) else "first"
+        for c in runs.columns
+        if c != "config_id"
+    }
+    out = runs.groupby("config_id", sort=False).agg(agg).reset_index()
+    out["trial_name"] = out["trial_name"].str.replace(r"-seed-?\d+$", "", regex=True)
+    return out
+
+
 def summary(plan: Plan) -> tuple[str, bool]:
-    """The end-of-sweep text (best trials or Pareto front) and whether the sweep finished."""
+    """The end-of-sweep text (best trials or Pareto front) and whether the sweep finished;
+    with --seeds, per configuration (the mean over its seeds)."""
     import pandas as pd
 
     from berter.sweep.store import pareto_front, read_results
 
-    trials = read_results(plan.directory)["trials"]
+    trials = configurations(read_results(plan.directory)["trials"])
     done = trials[trials.status.isin(["terminated", "stopped-early", "diverged", "error"])]
     finished = len(done) >= plan.num_samples
     lines = [f"{len(done)}/{plan.num_samples} trials finished: "
@@ -224,7 +243,8 @@ def summary(plan: Plan) -> tuple[str, bool]:
             best = ok.sort_values(plan.objective[0], ascending=plan.modes[0] == "min").head(
                 SUMMARY_ROWS
             )
-            lines.append(f"best trials by {plan.objective[0]}:")
+            of = f" (mean of {plan.seeds} seeds)" if plan.seeds > 1 else ""
+            lines.append(f"best trials by {plan.objective[0]}{of}:")
             lines.append(best[cols].to_string(index=False))
     lines.append(f"results: {plan.directory}/{{trials,epochs,exits}}.parquet")
     # one checkpoint per trial (two while the best epoch is not the latest): bounded on disk

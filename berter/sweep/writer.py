@@ -1,11 +1,17 @@
 """The Tune callback that writes a sweep's Parquet files as trials report and finish.
 
-:class:`ResultsWriter` runs on the driver. It keeps one row per trial, per trial-epoch and
-per trial x exit setting (the schemas of :mod:`berter.sweep.store`) and rewrites the three
+:class:`ResultsWriter` runs on the driver. It keeps one row per training run, per run-epoch
+and per run x exit setting (the schemas of :mod:`berter.sweep.store`) and rewrites the three
 files atomically after every event, so a sweep killed at any moment leaves readable files
 holding every finished trial. On ``--resume`` it first loads what is there and merges, and
 drops the rows of trials Ray's restored experiment does not know, so each trial appears
 exactly once.
+
+A Tune trial is one configuration and trains one run per seed (berter.sweep.seeds): its
+result carries each seed's own result, and each becomes the rows of its run
+(``trial_id`` = the run, ``config_id`` = the Tune trial). Every run of a configuration is
+summarised at the same epoch, the one with the best mean dev score over its seeds (the
+epoch whose checkpoint Tune keeps), not at each seed's own luckiest epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 from ray import tune
 
+from berter.sweep.seeds import run_directory, run_id, split
 from berter.sweep.store import (
     EXIT_SCHEMA,
     FILES,
@@ -27,6 +34,7 @@ from berter.sweep.store import (
     task_metric_fields,
     to_table,
     trial_schema,
+    with_config_id,
     with_later_settings,
 )
 
@@ -39,15 +47,33 @@ def best_epoch_row(epochs: list[dict[str, Any]]) -> dict[str, Any]:
     return max(scored, key=lambda e: (e["dev_score"], -e["epoch"]))
 
 
+def mean_dev_scores(epochs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch of a configuration's runs, the mean dev score over the runs that reported it
+    (NaN when one of them is missing or not finite)."""
+    by_epoch: dict[int, list[float]] = {}
+    for e in epochs:
+        score = e.get("dev_score")
+        by_epoch.setdefault(e["epoch"], []).append(math.nan if score is None else float(score))
+    return [
+        {"epoch": epoch, "dev_score": math.fsum(v) / len(v) if all(map(math.isfinite, v)) else math.nan}
+        for epoch, v in by_epoch.items()
+    ]
+
+
 def summarise_trial(
-    trial_row: dict[str, Any], epochs: list[dict[str, Any]], metric_cols: list[str]
+    trial_row: dict[str, Any],
+    epochs: list[dict[str, Any]],
+    metric_cols: list[str],
+    best_epoch: int | None = None,
 ) -> dict[str, Any]:
-    """The trial row with the best epoch's metrics and the whole-trial totals filled in."""
+    """The run's row with the best epoch's metrics and the whole-run totals filled in; the
+    best epoch is ``best_epoch`` when given (the configuration's), else the run's own."""
     row = dict(trial_row)
     if not epochs:
         return row
     epochs = sorted(epochs, key=lambda e: e["epoch"])
-    best = best_epoch_row(epochs)
+    chosen = [e for e in epochs if e["epoch"] == best_epoch]
+    best = chosen[0] if chosen else best_epoch_row(epochs)
     for col in metric_cols:
         if not col.startswith("speedup_wall"):
             row[col] = best.get(col)
@@ -108,11 +134,13 @@ class ResultsWriter(tune.Callback):
         self._reset()
         store = Store(self.root)
         trials = store.read_table(FILES["trials"]) or self.trial_schema.empty_table()
-        for row in with_later_settings(trials).to_pylist():
+        for row in with_config_id(with_later_settings(trials)).to_pylist():
             self.trials[row["trial_id"]] = row
-        for row in (store.read_table(FILES["epochs"]) or self.epoch_schema.empty_table()).to_pylist():
+        epochs = store.read_table(FILES["epochs"]) or self.epoch_schema.empty_table()
+        for row in with_config_id(epochs).to_pylist():
             self.epochs[(row["trial_id"], row["epoch"])] = row
-        for row in (store.read_table(FILES["exits"]) or EXIT_SCHEMA.empty_table()).to_pylist():
+        exits = store.read_table(FILES["exits"]) or EXIT_SCHEMA.empty_table()
+        for row in with_config_id(exits).to_pylist():
             self.exits.setdefault((row["trial_id"], row["epoch"]), []).append(row)
 
     def prune(self, known: set[str]) -> None:
@@ -120,7 +148,7 @@ class ResultsWriter(tune.Callback):
         Ray's next experiment snapshot leaves rows of trials that started after the last one;
         the searcher replaces those trials, so each planned trial appears exactly once."""
         self.pruned = True
-        lost = set(self.trials) - known
+        lost = {rid for rid, row in self.trials.items() if row.get("config_id", rid) not in known}
         if not lost:
             return
         self.trials = {k: v for k, v in self.trials.items() if k not in lost}
@@ -133,34 +161,54 @@ class ResultsWriter(tune.Callback):
         )
 
     # -- rows
-    def _base_row(self, trial: Any) -> dict[str, Any]:
-        trial_id = trial.trial_id
-        row = self.trials.get(trial_id, {})
-        if not row:
-            row = {"trial_id": trial_id, "sweep": self.name}
-            values = {**self.spec.base, **dict(trial.config)}
-            try:
-                variant = self.spec.variant_of(trial.config)
-                values.update(variant.axes)
-                row.update(variant=variant.name, preset=variant.preset)
-                values = self.spec.resolve(trial.config).to_dict()
-            except Exception:  # an invalid trial config still gets a row, with what it has
-                pass
-            for field in self.trial_schema:
-                if field.name in values and field.name not in row:
-                    row[field.name] = values[field.name]
-            row["model"] = values.get("model")
-            row["seed"] = values.get("seed")
-        row["trial_name"] = str(trial)
-        self.trials[trial_id] = row
+    def _runs(self, trial: Any) -> list[tuple[str, int]]:
+        """(trial_id, seed) of each training run of a Tune trial, in seed order."""
+        seeds = self.spec.run_seeds()
+        return [(run_id(trial.trial_id, seed, len(seeds)), seed) for seed in seeds]
+
+    def _config_row(self, trial: Any) -> dict[str, Any]:
+        """What the rows of a trial's runs share: identity, variant, resolved config."""
+        row = {"config_id": trial.trial_id, "sweep": self.name}
+        values = {**self.spec.base, **dict(trial.config)}
+        try:
+            variant = self.spec.variant_of(trial.config)
+            values.update(variant.axes)
+            row.update(variant=variant.name, preset=variant.preset)
+            values = self.spec.resolve(trial.config).to_dict()
+        except Exception:  # an invalid trial config still gets a row, with what it has
+            pass
+        for field in self.trial_schema:
+            if field.name in values and field.name not in row:
+                row[field.name] = values[field.name]
+        row["model"] = values.get("model")
         return row
+
+    def _base_rows(self, trial: Any) -> list[dict[str, Any]]:
+        """The rows of a trial's runs (created on first sight), in seed order."""
+        runs = self._runs(trial)
+        rows = []
+        for rid, seed in runs:
+            row = self.trials.get(rid, {})
+            if not row:
+                row = {**self._config_row(trial), "trial_id": rid, "seed": seed}
+            row["trial_name"] = str(trial) if len(runs) == 1 else f"{trial}-seed{seed}"
+            self.trials[rid] = row
+            rows.append(row)
+        return rows
 
     def _epochs_of(self, trial_id: str) -> list[dict[str, Any]]:
         return [r for (t, _), r in self.epochs.items() if t == trial_id]
 
+    def _best_epoch(self, config_id: str) -> int | None:
+        """The epoch of a configuration with the best mean dev score over its runs."""
+        runs = {rid for rid, row in self.trials.items() if row.get("config_id") == config_id}
+        epochs = [r for (t, _), r in self.epochs.items() if t in runs]
+        return best_epoch_row(mean_dev_scores(epochs))["epoch"] if epochs else None
+
     def _refresh(self, trial_id: str) -> None:
         row = self.trials[trial_id]
-        row.update(summarise_trial(row, self._epochs_of(trial_id), self.metric_cols))
+        best = self._best_epoch(row.get("config_id", trial_id))
+        row.update(summarise_trial(row, self._epochs_of(trial_id), self.metric_cols, best))
         path = self.checkpoints.get((trial_id, row.get("best_epoch")))
         if path is not None:  # else keep what a resumed sweep's file had
             row["checkpoint"] = path
@@ -189,41 +237,51 @@ class ResultsWriter(tune.Callback):
             self.prune({t.trial_id for t in trials})
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self._base_row(trial)
-        row["status"] = "running"
-        row["error"] = None
+        for row in self._base_rows(trial):
+            row["status"] = "running"
+            row["error"] = None
         self.flush()
+
+    def _record(self, row: dict[str, Any], result: dict[str, Any]) -> None:
+        """One run's result of one epoch: its epoch row, its exit rows, its trial row."""
+        rid = row["trial_id"]
+        row["status"] = "running"
+        for key in ("started_at", "setup_seconds", "data_source", "model", "preset",
+                    "epochs_planned"):  # fmt: skip
+            if result.get(key) is not None:
+                row[key] = result[key]
+        epoch = int(result["epoch"])
+        ids = {"trial_id": rid, "config_id": row["config_id"], "seed": row.get("seed"),
+               "variant": row.get("variant")}  # fmt: skip
+        erow = {k: result.get(k) for k in self.epoch_schema.names}
+        erow.update(ids, trial_name=row["trial_name"], reported_at=datetime.now(timezone.utc))
+        self.epochs[(rid, epoch)] = erow
+        self.exits[(rid, epoch)] = [
+            {**x, **ids, "epoch": epoch} for x in result.get("exit_table") or []
+        ]
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         if "epoch" not in result:
             return
-        row = self._base_row(trial)
-        row["status"] = "running"
-        for key in ("started_at", "setup_seconds", "data_source", "model", "seed", "preset",
-                    "epochs_planned"):  # fmt: skip
-            if result.get(key) is not None:
-                row[key] = result[key]
-        epoch = int(result["epoch"])
-        erow = {k: result.get(k) for k in self.epoch_schema.names}
-        erow.update(trial_id=trial.trial_id, trial_name=str(trial), variant=row.get("variant"))
-        erow["reported_at"] = datetime.now(timezone.utc)
-        self.epochs[(trial.trial_id, epoch)] = erow
-        self.exits[(trial.trial_id, epoch)] = [
-            {**x, "trial_id": trial.trial_id, "variant": row.get("variant"), "epoch": epoch}
-            for x in result.get("exit_table") or []
-        ]
+        rows = self._base_rows(trial)
+        seeded = split(result)  # fewer than the runs when a seed diverged mid-epoch
+        for row, run_result in zip(rows, seeded, strict=False):
+            self._record(row, run_result)
         self.last[trial.trial_id] = result
-        self._refresh(trial.trial_id)
+        for row in rows:
+            self._refresh(row["trial_id"])
         self.flush()
         exit_layer = result.get("avg_exit_layer")
         layers = result.get("num_layers")
         exit_txt = f" exit layer {exit_layer:.2f}/{layers}" if exit_layer is not None else ""
+        seconds = sum(r.get("epoch_seconds") or 0.0 for r in seeded)
+        seeds_txt = f"mean of {len(seeded)} seeds, " if len(rows) > 1 else ""
         self._say(
-            f"[{trial}] epoch {epoch}/{result.get('epochs_planned')} "
+            f"[{trial}] epoch {result['epoch']}/{result.get('epochs_planned')} "
             f"dev {result.get('dev_score', float('nan')):.4f}{exit_txt} "
-            f"({result.get('epoch_seconds', 0.0):.1f}s)"
+            f"({seeds_txt}{seconds:.1f}s)"
             + (" DIVERGED" if result.get("diverged") else "")
         )
 
@@ -232,44 +290,53 @@ class ResultsWriter(tune.Callback):
     ) -> None:
         """Note where the epoch just reported was saved (Tune reports, then saves)."""
         epoch = (trial.last_result or {}).get("epoch")
-        if epoch is None or trial.trial_id not in self.trials:
+        runs = self._runs(trial)
+        if epoch is None or any(rid not in self.trials for rid, _ in runs):
             return
         path = str(checkpoint.path)
         if is_uri(self.root):  # the storage filesystem's path has no scheme
             path = f"{self.root.split('://', 1)[0]}://{path}"
-        self.checkpoints[(trial.trial_id, int(epoch))] = path
-        self._refresh(trial.trial_id)
+        for rid, seed in runs:
+            self.checkpoints[(rid, int(epoch))] = run_directory(path, seed, len(runs))
+            self._refresh(rid)
         self.flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self._base_row(trial)
+        rows = self._base_rows(trial)
         last = self.last.get(trial.trial_id) or trial.last_result or {}
-        self._refresh(trial.trial_id)
-        planned = row.get("epochs_planned") or last.get("epochs_planned")
-        if last.get("diverged"):
-            row["status"] = "diverged"
-            row["error"] = (
-                f"training loss is {last.get('train_loss')} in epoch {last.get('epoch')} "
-                "(non-finite: diverged)"
-            )
-        elif planned is not None and (row.get("epochs_done") or 0) < planned:
-            row["status"] = "stopped-early"
-        else:
-            row["status"] = "terminated"
+        culprit = next((r for r in split(last) if r.get("diverged")), last)
+        for row in rows:
+            self._refresh(row["trial_id"])
+            planned = row.get("epochs_planned") or last.get("epochs_planned")
+            if last.get("diverged"):  # one diverged seed: the configuration diverged
+                row["status"] = "diverged"
+                row["error"] = (
+                    f"training loss is {culprit.get('train_loss')} in epoch "
+                    f"{culprit.get('epoch')} (non-finite: diverged)"
+                )
+                if len(rows) > 1 and culprit.get("seed") != row.get("seed"):
+                    row["error"] = f"seed {culprit.get('seed')} of this configuration: {row['error']}"
+            elif planned is not None and (row.get("epochs_done") or 0) < planned:
+                row["status"] = "stopped-early"
+            else:
+                row["status"] = "terminated"
         self.flush()
-        score = row.get("dev_score")
-        score_txt = (
-            f"best dev {score:.4f} (epoch {row.get('best_epoch')})" if score is not None else ""
-        )
-        self._say(f"[{trial}] {row['status']} {score_txt}".rstrip())
+        scores = [r.get("dev_score") for r in rows]
+        score_txt = ""
+        if all(s is not None for s in scores):
+            mean = math.fsum(scores) / len(scores)
+            of = f", mean of {len(rows)} seeds" if len(rows) > 1 else ""
+            score_txt = f"best dev {mean:.4f} (epoch {rows[0].get('best_epoch')}{of})"
+        self._say(f"[{trial}] {rows[0]['status']} {score_txt}".rstrip())
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = self._base_row(trial)
-        row["status"] = "error"
-        row["error"] = error_message(trial)
-        self._refresh(trial.trial_id)
+        message = error_message(trial)
+        for row in self._base_rows(trial):
+            row["status"] = "error"
+            row["error"] = message
+            self._refresh(row["trial_id"])
         self.flush()
-        self._say(f"[{trial}] error: {row['error']}")
+        self._say(f"[{trial}] error: {message}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._say(f"[{trial}] failed: {error_message(trial)}; retrying from its last checkpoint")
