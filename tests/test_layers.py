@@ -29,6 +29,7 @@ LAYERS = (
     "berter.infer",
     "berter.sweep",
     "berter.report",
+    "berter.results",  # the public aggregation for pandas users: the report's own functions
     "berter.cli",
 )
 

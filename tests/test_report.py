@@ -79,12 +79,14 @@ def test_variant_table_has_the_best_finished_trial_of_each_variant(sweep, report
     for _, row in table.iterrows():
         t = expected.loc[row["Best Trial"]]
         assert row["Variant"] == t["preset"]
-        assert row["Dev Score"] == f"{t['dev_score']:.3f}"
+        # one seed per trial: the value, and "n=1" instead of an interval
+        assert row["Dev Score"] == f"{t['dev_score']:.3f} (n=1)"
         assert (row["SST"], row["Paraphrase"], row["STS"]) == tuple(
-            f"{t[c]:.3f}" for c in ("sst_acc", "para_acc", "sts_corr")
+            f"{t[c]:.3f} (n=1)" for c in ("sst_acc", "para_acc", "sts_corr")
         )
         assert row["Trials"] == str((fin["variant"] == t["variant"]).sum())
-        assert row["Layers Saved"] == f"{100 * t['layers_saved']:.1f}%"
+        assert row["Seeds"] == "1"
+        assert row["Layers Saved"] == f"{100 * t['layers_saved']:.1f}% (n=1)"
         assert row["Paper Dev"] == f"{PAPER_TABLE2[t['preset']]['dev_score']:.3f}"
     repeated = table[table["Variant"] == REPEATED].iloc[0]
     assert repeated["Trials"] == "3"
@@ -106,8 +108,8 @@ def test_variant_table_is_sorted_by_dev_score_with_table2_columns_and_hh_mm_ss(s
     assert devs == sorted(devs, reverse=True)
     seconds = sweep[1]["trials"].set_index("trial_id")["train_seconds"]
     for _, row in table.iterrows():
-        assert re.fullmatch(r"\d{2,}:\d{2}:\d{2}", row["Training Time"])
-        assert row["Training Time"] == hhmmss(seconds[row["Best Trial"]])
+        assert re.fullmatch(r"\d{2,}:\d{2}:\d{2} \(n=1\)", row["Training Time"])
+        assert row["Training Time"] == hhmmss(seconds[row["Best Trial"]]) + " (n=1)"
 
 
 @pytest.mark.parametrize(
@@ -148,8 +150,8 @@ def test_ablation_means_match_the_finished_trials(sweep, report):
             assert row["mean_seconds"] == pytest.approx(g["train_seconds"].mean())
     shown = report.ablation_table()
     first = report.ablation.iloc[0]
-    assert shown.iloc[0]["Mean Time"] == hhmmss(first["mean_seconds"])
-    assert shown.iloc[0]["Mean Dev"] == f"{first['mean_dev']:.3f}"
+    assert shown.iloc[0]["Mean Time"] == hhmmss(first["mean_seconds"]) + " (n=1)"
+    assert shown.iloc[0]["Mean Dev"] == f"{first['mean_dev']:.3f} (n=1)"
 
 
 def test_status_line_counts_every_trial(sweep, report):

@@ -1,18 +1,25 @@
-"""The comparison report's numbers: which trials count, the best per variant, the ablation,
-the early-exit operating point, layer-wise curves, and the ``Report`` that holds them.
+"""The comparison report's numbers: which runs count, the best configuration per variant, the
+ablation, the early-exit table, layer-wise curves, and the ``Report`` that holds them.
 
 ``build_report`` reads a sweep's Parquet files (``berter.sweep.store.read_results``, the
 same reader the sweep uses; local, s3://, gs:// or file://) and computes every table:
 
-- a variant table shaped like Table 2 of the BERTer paper: the best finished trial of each
-  variant (by dev score), its task metrics, training time, exit statistics and
-  hyperparameters, sorted by dev score;
-- an ablation view: per value of each variant axis, mean and best dev score and mean time;
-- layer-wise score curves: per task, the score of every exit layer for the best trial of
-  each strategy, to see whether the last layer wins or the curve peaks earlier;
+- a variant table shaped like Table 2 of the BERTer paper: the best finished configuration
+  of each variant (by mean dev score over its seeds), its task metrics, training time, exit
+  statistics and hyperparameters, sorted by dev score;
+- the differences of each variant's row from the Baseline row, paired by seed;
+- an ablation view: per value of each variant axis, the mean over its runs, per seed;
+- an early-exit table: the variants that exit early, at their operating points;
+- layer-wise score curves: per task, the score of every exit layer for the best
+  configuration of each strategy, to see whether the last layer wins or it peaks earlier;
 - hyperparameter importance (Optuna, :mod:`berter.report.hyperparameters`).
 
-Only finished trials (terminated, or stopped early by the scheduler) enter the tables; the
+Every number over seeds (mean, 95% t-interval, paired bootstrap difference from the
+Baseline) comes from :mod:`berter.report.stats`, the functions ``berter.results`` gives
+pandas users. A sweep without ``--seeds`` has one seed per configuration: its cells say
+"n=1" instead of an interval.
+
+Only finished runs (terminated, or stopped early by the scheduler) enter the tables; the
 others are counted in a status line, so a sweep that is still running or was interrupted
 can be reported on at any time. Figures are added by :mod:`berter.report.figures`, files
 and the terminal view written by :mod:`berter.report.render`.
@@ -23,18 +30,38 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from berter.config import AXES, variant_name
-from berter.report.cells import DASH, as_list, finite, fmt, fmt_value, format_duration, numeric
+from berter.report.cells import (
+    DASH,
+    as_list,
+    finite,
+    fmt,
+    fmt_diff,
+    fmt_interval,
+    fmt_value,
+    format_duration,
+    numeric,
+)
 from berter.report.hyperparameters import importance, shown_hyperparameters
+from berter.report.stats import (
+    BASELINE,
+    FINISHED,
+    METRICS,
+    baseline_runs,
+    difference,
+    summarise,
+    summarise_seeds,
+    t_interval,
+)
 from berter.sweep.store import read_results
 from berter.tasks import TASKS, metric_column
-from berter.variants import PAPER_TABLE2
+from berter.variants import BASE_AXES, PAPER_TABLE2
 
-FINISHED = ("terminated", "stopped-early")  # trials whose scores are final
 STATUS_ORDER = ("terminated", "stopped-early", "running", "pending", "diverged", "error")
 
 # Task -> its metric column in the results; Table 2's display names for the paper's three.
@@ -58,12 +85,16 @@ def _label(row: pd.Series | dict) -> str:
     return variant if isinstance(variant, str) and variant else variant_name(dict(row))
 
 
-# ----------------------------------------------------------------------------- trials
+# ----------------------------------------------------------------------------- runs
 def prepare_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Normalised copy: status lower-case ("unknown" if missing), a display label per trial."""
+    """Normalised copy: status lower-case ("unknown" if missing), a display label per run,
+    and ``config_id`` (a run of results written before seeds is its own configuration)."""
     df = trials.copy()
     status = df["status"] if "status" in df.columns else pd.Series("unknown", index=df.index)
     df["status"] = status.fillna("unknown").astype(str).str.strip().str.lower()
+    if "config_id" not in df.columns:
+        df["config_id"] = df["trial_id"]
+    df["config_id"] = df["config_id"].fillna(df["trial_id"])
     if "variant" not in df.columns:
         df["variant"] = None
     missing = df["variant"].isna()
@@ -74,7 +105,7 @@ def prepare_trials(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def finished_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials whose scores are final and finite: the ones the best-of tables compare."""
+    """Runs whose scores are final and finite: the ones the tables compare."""
     done = trials[trials["status"].isin(FINISHED)]
     return done[np.isfinite(numeric(done, "dev_score"))]
 
@@ -85,40 +116,77 @@ def status_counts(trials: pd.DataFrame) -> dict[str, int]:
     return {s: int(counts[s]) for s in order}
 
 
-def best_per_variant(finished: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: its best trial by dev score (ties: faster, then lower trial_id),
-    plus ``n_trials``; sorted by dev score, best first."""
-    if finished.empty:
-        return finished.assign(n_trials=pd.Series(dtype=int))
-    df = finished.assign(
-        _dev=numeric(finished, "dev_score"), _sec=numeric(finished, "train_seconds")
-    )
-    df = df.sort_values(
-        ["_dev", "_sec", "trial_id"], ascending=[False, True, True], na_position="last"
-    )
-    best = df.drop_duplicates("variant", keep="first").copy()
-    best["n_trials"] = best["variant"].map(finished["variant"].value_counts()).astype(int)
-    return best.drop(columns=["_dev", "_sec"]).reset_index(drop=True)
+def report_metrics(finished: pd.DataFrame) -> list[str]:
+    """What the report summarises over seeds: ``berter.report.stats.METRICS``, the metric of
+    any other task, and per task the metric and exit layer at the early-exit operating point."""
+    columns = task_columns(finished)
+    at_exit = [f"{c}_exit" for c in columns]
+    at_exit += [f"{t}_exit_layer" for t, c in TASK_COLUMN.items() if c in columns]
+    extra = [c for c in columns if c not in METRICS]
+    return [*METRICS, *extra, *(c for c in at_exit if c in finished.columns)]
 
 
-def ablation(finished: pd.DataFrame) -> pd.DataFrame:
-    """Per axis value: number of finished trials, mean and best dev score, mean time."""
+def configurations(finished: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """One row per configuration (berter.report.stats.summarise_seeds: means over its seeds
+    with their intervals), best first by mean dev score (ties: faster, then config_id)."""
+    configs = summarise_seeds(finished, metrics=metrics)
+    if configs.empty:
+        return configs
+    return configs.sort_values(
+        ["dev_score", "train_seconds", "config_id"], ascending=[False, True, True],
+        na_position="last",
+    ).reset_index(drop=True)  # fmt: skip
+
+
+def best_per_variant(configs: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant: its best configuration (``configs`` is ranked), plus
+    ``n_trials``, the variant's configurations (Tune trials); sorted by dev score."""
+    if configs.empty:
+        return configs.assign(n_trials=pd.Series(dtype=int))
+    best = configs.drop_duplicates("variant", keep="first").copy()
+    best["n_trials"] = best["variant"].map(configs["variant"].value_counts()).astype(int)
+    return best.reset_index(drop=True)
+
+
+def differences(
+    finished: pd.DataFrame, rows: pd.DataFrame, baseline: pd.DataFrame, metrics: list[str]
+) -> pd.DataFrame:
+    """Per configuration in ``rows``: its paired difference from the baseline's runs
+    (berter.report.stats.difference), indexed by config_id; empty without a baseline."""
+    if baseline.empty or rows.empty:
+        return pd.DataFrame()
+    out = {
+        cid: difference(finished[finished["config_id"] == cid], baseline, metrics)
+        for cid in rows["config_id"]
+    }
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def ablation(finished: pd.DataFrame, configs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per axis value, over all its finished runs: configurations (``trials``), per metric
+    the mean over seeds of the per-seed means with its interval, the best configuration's
+    mean dev score, and the paired difference from the runs with the Baseline's value of
+    that axis (``baseline`` marks that row)."""
     rows = []
-    df = finished.assign(
-        _dev=numeric(finished, "dev_score"), _sec=numeric(finished, "train_seconds")
-    )
     for axis in AXES:
-        if axis not in df.columns:
+        if axis not in finished.columns:
             continue
-        for value, group in df.groupby(axis, dropna=False, sort=False):
-            rows.append({
-                "axis": axis, "value": DASH if pd.isna(value) else str(value), "trials": len(group),
-                "mean_dev": group["_dev"].mean(), "best_dev": group["_dev"].max(),
-                "mean_seconds": group["_sec"].mean(),
-            })  # fmt: skip
-    out = pd.DataFrame(
-        rows, columns=["axis", "value", "trials", "mean_dev", "best_dev", "mean_seconds"]
-    )
+        base = finished[finished[axis] == BASE_AXES[axis]]
+        for value, group in finished.groupby(axis, dropna=False, sort=False):
+            stats = summarise(group, metrics)
+            same = configs[configs[axis] == value] if axis in configs.columns else configs
+            row = {
+                "axis": axis, "value": DASH if pd.isna(value) else str(value),
+                "trials": int(group["config_id"].nunique()), "mean_dev": stats["dev_score"],
+                "best_dev": numeric(same, "dev_score").max(),
+                "mean_seconds": stats["train_seconds"], "baseline": value == BASE_AXES[axis],
+                **stats,
+            }  # fmt: skip
+            if not base.empty:
+                row.update(difference(group, base, metrics))
+            rows.append(row)
+    columns = ["axis", "value", "trials", "mean_dev", "best_dev", "mean_seconds", "baseline"]
+    out = pd.DataFrame(rows, columns=None if rows else columns)
     if out.empty:
         return out
     order = {a: i for i, a in enumerate(AXES)}
@@ -128,9 +196,9 @@ def ablation(finished: pd.DataFrame) -> pd.DataFrame:
 
 
 def early_exit_point(finished: pd.DataFrame, tolerance: float = EXIT_TOLERANCE) -> pd.Series | None:
-    """The best early-exit operating point: among finished trials that exit early
+    """The best early-exit operating point: among configurations (or runs) that exit early
     (layers_saved > 0) with dev_score_exit >= (1 - tolerance) * dev_score, the one that saves
-    the most layers (ties: higher dev_score_exit). None when no trial qualifies."""
+    the most layers (ties: higher dev_score_exit). None when none qualifies."""
     dev, dev_exit, saved = (
         numeric(finished, c) for c in ("dev_score", "dev_score_exit", "layers_saved")
     )
@@ -138,7 +206,9 @@ def early_exit_point(finished: pd.DataFrame, tolerance: float = EXIT_TOLERANCE) 
     if not ok.any():
         return None
     cand = finished[ok].assign(_saved=saved[ok], _exit=dev_exit[ok])
-    return cand.sort_values(["_saved", "_exit", "trial_id"], ascending=[False, False, True]).iloc[0]
+    return cand.sort_values(
+        ["_saved", "_exit", "config_id"], ascending=[False, False, True]
+    ).iloc[0]
 
 
 # ----------------------------------------------------------------------------- layer-wise
@@ -157,9 +227,9 @@ def task_columns(trials: pd.DataFrame) -> list[str]:
 def layer_curves(
     trial: pd.Series, exits: pd.DataFrame, columns: list[str]
 ) -> dict[str, list[float]]:
-    """Per-layer scores of one trial: {task label: [score at layer 1..n]}, plus "Dev score".
+    """Per-layer scores of one run: {task label: [score at layer 1..n]}, plus "Dev score".
 
-    Per task: the ``<metric>_layers`` column, else the fixed-layer curve a trial without an
+    Per task: the ``<metric>_layers`` column, else the fixed-layer curve a run without an
     exit method leaves in exits.parquet (every example leaves at layer k). Dev score:
     ``layer_scores``.
     """
@@ -185,25 +255,41 @@ def layer_curves(
     return out
 
 
-def layerwise(finished: pd.DataFrame, exits: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy (its best trial) and curve: the best layer, its score and the last's."""
+def config_curves(
+    runs: pd.DataFrame, exits: pd.DataFrame, columns: list[str]
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-layer curves of a configuration: {curve: (mean over its seeds per layer, 95%
+    interval half-width per layer, NaN with one seed)}, for the curves every seed has."""
+    per_run = [layer_curves(r, exits, columns) for _, r in runs.iterrows()]
+    out = {}
+    for curve in per_run[0] if per_run else []:
+        series = [c[curve] for c in per_run if curve in c]
+        if len(series) != len(per_run) or len({len(s) for s in series}) != 1:
+            continue
+        intervals = [t_interval(values) for values in zip(*series, strict=True)]
+        out[curve] = ([i.mean for i in intervals], [(i.high - i.low) / 2 for i in intervals])
+    return out
+
+
+def layerwise(finished: pd.DataFrame, configs: pd.DataFrame, exits: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy (its best configuration) and curve: the best layer of the mean curve over
+    seeds, its score and the last's; ``errors`` are the per-layer interval half-widths."""
     rows = []
-    if finished.empty or "strategy" not in finished.columns:
+    if configs.empty or "strategy" not in configs.columns:
         return pd.DataFrame(columns=["strategy", "label", "trial_id", "curve", "scores"])
     cols = task_columns(finished)
-    ranked = finished.assign(_dev=numeric(finished, "dev_score")).sort_values(
-        ["_dev", "trial_id"], ascending=[False, True]
-    )
-    for strategy, group in ranked.groupby("strategy", sort=False):
-        trial = group.iloc[0]
-        for curve, scores in layer_curves(trial, exits, cols).items():
+    for strategy, group in configs.groupby("strategy", sort=False):
+        best = group.iloc[0]  # configs are ranked
+        runs = finished[finished["config_id"] == best["config_id"]]
+        for curve, (scores, errors) in config_curves(runs, exits, cols).items():
             finite_scores = [s if math.isfinite(s) else -math.inf for s in scores]
-            best = int(np.argmax(finite_scores))
+            top = int(np.argmax(finite_scores))
             rows.append({
-                "strategy": strategy, "label": trial["label"], "trial_id": trial["trial_id"],
-                "curve": curve, "scores": scores, "layers": len(scores),
-                "best_layer": best + 1, "best_score": scores[best], "last_score": scores[-1],
-                "peaks_early": best + 1 < len(scores) and scores[best] > scores[-1],
+                "strategy": strategy, "label": best["label"], "trial_id": best["config_id"],
+                "curve": curve, "scores": scores, "errors": errors, "n": len(runs),
+                "layers": len(scores), "best_layer": top + 1, "best_score": scores[top],
+                "last_score": scores[-1],
+                "peaks_early": top + 1 < len(scores) and scores[top] > scores[-1],
             })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -221,16 +307,28 @@ class Figure:
         return f"{self.name}.png"
 
 
+def _pct(x: float) -> str:
+    return f"{100 * float(x):.1f}%"
+
+
+def _speed(x: float) -> str:
+    return f"{float(x):.2f}x"
+
+
+def _layer(x: float) -> str:
+    return f"{float(x):.2f}"
+
+
 @dataclass
 class Report:
     source: str
     name: str
-    trials: pd.DataFrame  # every trial row read (normalised status, "label")
-    finished: pd.DataFrame
+    trials: pd.DataFrame  # every run read (normalised status, "label", "config_id")
+    finished: pd.DataFrame  # finished runs
     epochs: pd.DataFrame
     exits: pd.DataFrame
     status_counts: dict[str, int]
-    variants: pd.DataFrame  # best_per_variant: raw values, sorted by dev score
+    variants: pd.DataFrame  # best_per_variant: means and intervals, sorted by dev score
     hyperparameters: list[str]  # shown in the variant table
     ablation: pd.DataFrame
     layerwise: pd.DataFrame
@@ -239,55 +337,131 @@ class Report:
     summary: str
     notes: list[str] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    configs: pd.DataFrame = field(default_factory=pd.DataFrame)  # per configuration, ranked
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # per config_id, from Baseline
+    baseline: str | None = None  # the Baseline's config_id (None: no Baseline in the results)
 
     # -- formatted tables (strings), shared by the terminal, Markdown and HTML
+    def _diff(self, r: pd.Series, metric: str, show: Any = fmt) -> str:
+        """A row's paired difference from the Baseline, "baseline" on the Baseline's row."""
+        if r["config_id"] == self.baseline:
+            return "baseline"
+        if self.differences.empty or r["config_id"] not in self.differences.index:
+            return DASH
+        return fmt_diff(self.differences.loc[r["config_id"]], metric, show)
+
     def variant_table(self) -> pd.DataFrame:
         presets = self.variants.get("preset", pd.Series(dtype=str)).dropna()
         with_paper = any(p in PAPER_TABLE2 for p in presets)
         rows = []
         for _, r in self.variants.iterrows():
-            row = {"Variant": r["label"], "Dev Score": fmt(r.get("dev_score"))}
+            row = {"Variant": r["label"], "Dev Score": fmt_interval(r, "dev_score")}
             for col in task_columns(self.finished):
-                row[task_label(col)] = fmt(r.get(col))
-            row["Training Time"] = format_duration(r.get("train_seconds"))
+                row[task_label(col)] = fmt_interval(r, col)
+            row["Training Time"] = fmt_interval(r, "train_seconds", format_duration)
             row["Avg Exit Layer"] = _exit_layer(r)
-            saved = r.get("layers_saved")
-            row["Layers Saved"] = f"{100 * float(saved):.1f}%" if finite(saved) else DASH
-            speed = r.get("speedup_wall")
-            row["Wall Speedup"] = f"{float(speed):.2f}x" if finite(speed) else DASH
+            row["Layers Saved"] = fmt_interval(r, "layers_saved", _pct)
+            row["Wall Speedup"] = fmt_interval(r, "speedup_wall", _speed)
+            if self.baseline is not None:
+                row["Dev vs Baseline"] = self._diff(r, "dev_score")
             if with_paper:
                 ref = PAPER_TABLE2.get(r.get("preset"))
                 row["Paper Dev"] = fmt(ref["dev_score"]) if ref else DASH
             row["Trials"] = str(int(r["n_trials"]))
-            row["Best Trial"] = str(r["trial_id"])
+            row["Seeds"] = str(int(r["n_seeds"]))
+            row["Best Trial"] = str(r["config_id"])
             for h in self.hyperparameters:
                 row[h] = fmt_value(r.get(h))
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def differences_table(self) -> pd.DataFrame:
+        """Per variant (its best configuration), the paired difference of every summarised
+        metric from the Baseline; empty without a Baseline."""
+        if self.baseline is None:
+            return pd.DataFrame()
+        rows = []
+        for _, r in self.variants.iterrows():
+            row = {"Variant": r["label"], "Dev Score": self._diff(r, "dev_score")}
+            for col in task_columns(self.finished):
+                row[task_label(col)] = self._diff(r, col)
+            row["Training Time"] = self._diff(r, "train_seconds", format_duration)
+            row["Avg Exit Layer"] = self._diff(r, "avg_exit_layer", _layer)
+            row["Wall Speedup"] = self._diff(r, "speedup_wall", _speed)
+            pairs = (
+                self.differences.loc[r["config_id"]].get("dev_score_diff_n")
+                if r["config_id"] in self.differences.index
+                else None
+            )
+            row["Paired Seeds"] = str(int(pairs)) if finite(pairs) else DASH
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def early_exit_table(self) -> pd.DataFrame:
+        """The variants that exit early (and the Baseline, for reference), at their
+        calibrated operating points: dev score at full depth and at the exits, each task's
+        metric at the exits, average exit layer, layers saved, wall-clock speedup."""
+        if self.variants.empty or "exit_method" not in self.variants.columns:
+            return pd.DataFrame()
+        exits = self.variants["exit_method"] != "none"
+        if not exits.any():
+            return pd.DataFrame()
+        early = self.variants[exits | (self.variants["config_id"] == self.baseline)]
+        rows = []
+        for _, r in early.iterrows():
+            row = {"Variant": r["label"], "Exit": str(r["exit_method"]),
+                   "Dev Score": fmt_interval(r, "dev_score"),
+                   "Dev at Exit": fmt_interval(r, "dev_score_exit")}  # fmt: skip
+            for col in task_columns(self.finished):
+                row[f"{task_label(col)} at Exit"] = fmt_interval(r, f"{col}_exit")
+            row["Avg Exit Layer"] = _exit_layer(r)
+            row["Layers Saved"] = fmt_interval(r, "layers_saved", _pct)
+            row["Wall Speedup"] = fmt_interval(r, "speedup_wall", _speed)
+            if self.baseline is not None:
+                row["Exit Dev vs Baseline"] = self._diff(r, "dev_score_exit")
+            rows.append(row)
+        return pd.DataFrame(rows)
+
     def ablation_table(self) -> pd.DataFrame:
-        return pd.DataFrame({
-            "Axis": self.ablation["axis"],
-            "Value": self.ablation["value"],
-            "Trials": self.ablation["trials"].astype(int).astype(str),
-            "Mean Dev": self.ablation["mean_dev"].map(fmt),
-            "Best Dev": self.ablation["best_dev"].map(fmt),
-            "Mean Time": self.ablation["mean_seconds"].map(format_duration),
-        })  # fmt: skip
+        rows = []
+        for _, r in self.ablation.iterrows():
+            row = {"Axis": r["axis"], "Value": r["value"], "Trials": str(int(r["trials"])),
+                   "Mean Dev": fmt_interval(r, "dev_score")}  # fmt: skip
+            for col in task_columns(self.finished):
+                row[task_label(col)] = fmt_interval(r, col)
+            row["Avg Exit Layer"] = fmt_interval(r, "avg_exit_layer", _layer)
+            row["Wall Speedup"] = fmt_interval(r, "speedup_wall", _speed)
+            row["Mean Time"] = fmt_interval(r, "train_seconds", format_duration)
+            if "dev_score_diff" in self.ablation.columns:
+                row["Dev vs Baseline Value"] = (
+                    "baseline" if r["baseline"] else fmt_diff(r, "dev_score")
+                )
+            row["Best Dev"] = fmt(r["best_dev"])
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     def layerwise_table(self) -> pd.DataFrame:
         if self.layerwise.empty:
             return pd.DataFrame()
-        lw = self.layerwise
-        return pd.DataFrame({
-            "Strategy": lw["strategy"],
-            "Trial": lw["trial_id"],
-            "Curve": lw["curve"],
-            "Best Layer": [f"{b} of {n}" for b, n in zip(lw["best_layer"], lw["layers"], strict=True)],
-            "Best Score": lw["best_score"].map(fmt),
-            "Last Layer": lw["last_score"].map(fmt),
-            "Peaks Early": lw["peaks_early"].map(lambda x: "yes" if x else "no"),
-        })  # fmt: skip
+        rows = []
+        for _, r in self.layerwise.iterrows():
+            best, last = r["best_layer"] - 1, r["layers"] - 1
+            cell = {  # the two layers' means with their interval bounds, as fmt_interval reads
+                "best_score": r["best_score"], "best_score_n": r["n"],
+                "best_score_low": r["scores"][best] - r["errors"][best],
+                "best_score_high": r["scores"][best] + r["errors"][best],
+                "last_score": r["last_score"], "last_score_n": r["n"],
+                "last_score_low": r["scores"][last] - r["errors"][last],
+                "last_score_high": r["scores"][last] + r["errors"][last],
+            }  # fmt: skip
+            rows.append({
+                "Strategy": r["strategy"], "Trial": r["trial_id"], "Curve": r["curve"],
+                "Best Layer": f"{r['best_layer']} of {r['layers']}",
+                "Best Score": fmt_interval(cell, "best_score"),
+                "Last Layer": fmt_interval(cell, "last_score"),
+                "Peaks Early": "yes" if r["peaks_early"] else "no",
+            })  # fmt: skip
+        return pd.DataFrame(rows)
 
     def importance_table(self) -> pd.DataFrame:
         return pd.DataFrame({
@@ -298,21 +472,38 @@ class Report:
     def status_line(self) -> str:
         total = sum(self.status_counts.values())
         parts = ", ".join(f"{n} {s}" for s, n in self.status_counts.items())
+        configs = self.trials["config_id"].nunique() if "config_id" in self.trials else total
+        if configs == total:
+            return (
+                f"{total} trial{'s' if total != 1 else ''}{f' ({parts})' if parts else ''}; "
+                f"{len(self.finished)} finished with a dev score enter the tables."
+            )
         return (
-            f"{total} trial{'s' if total != 1 else ''}{f' ({parts})' if parts else ''}; "
-            f"{len(self.finished)} finished with a dev score enter the tables."
+            f"{configs} trials (configurations) of {total} runs, one per seed"
+            f"{f' ({parts})' if parts else ''}; {len(self.finished)} finished runs with a dev "
+            "score enter the tables."
         )
 
 
 def _exit_layer(r: pd.Series) -> str:
-    layer, n = r.get("avg_exit_layer"), r.get("num_layers")
-    if not finite(layer):
-        return DASH
-    return f"{float(layer):.2f}/{int(n)}" if finite(n) else f"{float(layer):.2f}"
+    n = r.get("num_layers")
+    of_n = (lambda x: f"{float(x):.2f}/{int(n)}") if finite(n) else _layer
+    return fmt_interval(r, "avg_exit_layer", of_n, _layer)
 
 
-def headline(variants: pd.DataFrame, finished: pd.DataFrame, counts: dict[str, int]) -> str:
-    """The paragraph at the top: best variant, fastest one within a point, best exit point."""
+def _with_interval(r: pd.Series, metric: str) -> str:
+    """`` ± h (95% CI, n seeds)`` after a mean over seeds, or nothing for one seed."""
+    low, high, n = (r.get(f"{metric}{s}") for s in ("_low", "_high", "_n"))
+    if not (finite(low) and finite(high)):
+        return ""
+    return f" ± {(float(high) - float(low)) / 2:.3f} (95% CI over {int(n)} seeds)"
+
+
+def headline(
+    variants: pd.DataFrame, configs: pd.DataFrame, finished: pd.DataFrame, counts: dict[str, int]
+) -> str:
+    """The paragraph at the top: best variant, fastest one within a point, best exit point
+    (means over seeds, per configuration)."""
     total = sum(counts.values())
     if variants.empty:
         return (
@@ -323,8 +514,9 @@ def headline(variants: pd.DataFrame, finished: pd.DataFrame, counts: dict[str, i
     tasks = ", ".join(f"{task_label(c)} {fmt(best.get(c))}" for c in task_columns(finished))
     text = [
         f"Best variant: {best['label']} with dev score {fmt(best['dev_score'])}"
+        + _with_interval(best, "dev_score")
         + (f" ({tasks})" if tasks else "")
-        + f", trained in {format_duration(best.get('train_seconds'))} (trial {best['trial_id']})."
+        + f", trained in {format_duration(best.get('train_seconds'))} (trial {best['config_id']})."
     ]
     dev, sec = numeric(variants, "dev_score"), numeric(variants, "train_seconds")
     close = variants[(dev >= float(best["dev_score"]) - FASTEST_WITHIN) & np.isfinite(sec)]
@@ -339,7 +531,7 @@ def headline(variants: pd.DataFrame, finished: pd.DataFrame, counts: dict[str, i
                 f"{fmt(fast['dev_score'])} in {format_duration(fast['train_seconds'])}"
                 + (f" ({100 * saving:.0f}% less time)." if saving > 0 else ".")
             )
-    point = early_exit_point(finished)
+    point = early_exit_point(configs)
     if point is None:
         text.append(
             f"No trial exits early while keeping its dev score within {100 * EXIT_TOLERANCE:.0f}% "
@@ -350,14 +542,15 @@ def headline(variants: pd.DataFrame, finished: pd.DataFrame, counts: dict[str, i
         of_n = f" of {int(n)}" if finite(n) else ""
         text.append(
             f"Best early-exit operating point (most layers saved with the exit dev score within "
-            f"{100 * EXIT_TOLERANCE:.0f}% of full depth): {point['label']} (trial {point['trial_id']}) "
+            f"{100 * EXIT_TOLERANCE:.0f}% of full depth): {point['label']} (trial {point['config_id']}) "
             f"exits at layer {float(point['avg_exit_layer']):.2f}{of_n} on average, saving "
             f"{100 * float(point['layers_saved']):.1f}% of the layers, at dev score "
             f"{fmt(point['dev_score_exit'])} vs {fmt(point['dev_score'])} at full depth."
         )
     unfinished = total - len(finished)
     text.append(
-        f"{len(finished)} of {total} trials finished with a dev score"
+        f"{len(finished)} of {total} {'trials' if len(configs) == len(finished) else 'runs'} "
+        "finished with a dev score"
         + (f"; {unfinished} running, stopped or failed are left out." if unfinished else ".")
     )
     return " ".join(text)
@@ -371,8 +564,11 @@ def build_report(path: str | Path) -> Report:
     epochs, exits = tables["epochs"], tables["exits"]
     finished = finished_trials(trials)
     counts = status_counts(trials)
-    variants = best_per_variant(finished)
-    imp, evaluator, imp_note = importance(finished)
+    metrics = report_metrics(finished)
+    configs = configurations(finished, metrics)
+    variants = best_per_variant(configs)
+    base = baseline_runs(finished) if not finished.empty else finished
+    imp, evaluator, imp_note = importance(configs)
     name = str(path).rstrip("/").rsplit("/", 1)[-1] or str(path)
     report = Report(
         source=str(path),
@@ -383,15 +579,23 @@ def build_report(path: str | Path) -> Report:
         exits=exits,
         status_counts=counts,
         variants=variants,
-        hyperparameters=shown_hyperparameters(finished),
-        ablation=ablation(finished),
-        layerwise=layerwise(finished, exits),
+        hyperparameters=shown_hyperparameters(configs),
+        ablation=ablation(finished, configs, metrics),
+        layerwise=layerwise(finished, configs, exits),
         importance=imp,
         importance_evaluator=evaluator,
-        summary=headline(variants, finished, counts),
+        summary=headline(variants, configs, finished, counts),
+        configs=configs,
+        differences=differences(finished, variants, base, metrics),
+        baseline=str(base["config_id"].iloc[0]) if not base.empty else None,
     )
     if imp_note:
         report.notes.append(imp_note)
+    if report.baseline is None and not finished.empty:
+        report.notes.append(
+            f"No {BASELINE} row in the results: the tables show no differences from it "
+            "(add the Baseline variant to the sweep to compare against it)."
+        )
     if not report.layerwise.empty:
         tasks = [task_label(c) for c in task_columns(finished)]
         lacking = [

@@ -1,4 +1,5 @@
-"""How the report reads and shows one cell: numeric columns, hh:mm:ss, scores, dashes.
+"""How the report reads and shows one cell: numeric columns, hh:mm:ss, scores, dashes, and
+means over seeds with their intervals or differences.
 
 Results files of older or other sweeps may lack a column or hold None/NaN where a value is
 missing; these helpers turn all of that into NaN when computing and a dash when showing, so
@@ -67,3 +68,38 @@ def fmt_value(x: Any) -> str:
     if isinstance(x, (float, np.floating)):
         return f"{float(x):.2e}" if abs(float(x)) < 1e-3 else f"{float(x):.3g}"
     return str(x)
+
+
+def fmt_interval(row: Any, metric: str, show: Any = fmt, half: Any = None) -> str:
+    """A mean over seeds with its 95% interval as ``mean ± half-width`` (the t-interval is
+    symmetric); one seed: ``value (n=1)``; missing: a dash. ``row`` holds ``<metric>``,
+    ``<metric>_low``, ``<metric>_high`` and ``<metric>_n`` (berter.report.stats); ``show``
+    formats the mean and ``half`` the half-width (default: ``show``)."""
+    mean, low, high = (row.get(f"{metric}{s}") for s in ("", "_low", "_high"))
+    if not finite(mean):
+        return DASH
+    if finite(low) and finite(high):
+        return f"{show(mean)} ± {(half or show)((float(high) - float(low)) / 2)}"
+    n = row.get(f"{metric}_n")
+    return f"{show(mean)} (n={int(n)})" if finite(n) else show(mean)
+
+
+def signed(show: Any) -> Any:
+    """``show`` for a difference: a sign, then ``show`` of its size."""
+    return lambda x: ("-" if float(x) < 0 else "+") + show(abs(float(x)))
+
+
+def fmt_diff(row: Any, metric: str, show: Any = fmt) -> str:
+    """A paired difference from the baseline: ``+0.021 [+0.010, +0.033]``, with `` *`` when
+    the bootstrap interval excludes zero; one pair: ``+0.021 (n=1)``; none: a dash. ``row``
+    holds ``<metric>_diff`` and its ``_low``, ``_high``, ``_n`` and
+    ``<metric>_excludes_zero`` (berter.report.stats.difference)."""
+    mean, low, high = (row.get(f"{metric}_diff{s}") for s in ("", "_low", "_high"))
+    sign = signed(show)
+    if not finite(mean):
+        return DASH
+    if not (finite(low) and finite(high)):
+        n = row.get(f"{metric}_diff_n")
+        return f"{sign(mean)} (n={int(n)})" if finite(n) else sign(mean)
+    mark = " *" if bool(row.get(f"{metric}_excludes_zero")) else ""
+    return f"{sign(mean)} [{sign(low)}, {sign(high)}]{mark}"

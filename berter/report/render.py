@@ -1,8 +1,9 @@
 """The report written out: Markdown and HTML files with their PNGs, and the terminal view.
 
 All three show the same sections in the same order (:func:`_sections`): the summary, the
-variant table, the ablation, the layer-wise table and hyperparameter importance, with each
-figure placed after the table it illustrates.
+variant table, the differences from the Baseline, the ablation, the early-exit table, the
+layer-wise table and hyperparameter importance, with each figure placed after the table it
+illustrates.
 """
 
 from __future__ import annotations
@@ -36,27 +37,49 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 # Which figures follow which section's table.
 PLACEMENT = {
-    "Variants": ["dev_vs_time", "tradeoff_exit", "dev_per_epoch", "hyperparameters"],
+    "Variants": ["variants", "dev_vs_time", "dev_per_epoch", "hyperparameters"],
+    "Early exit": ["tradeoff_exit"],
     "Layer-wise scores": ["layerwise"],
     "Hyperparameter importance": ["importance"],
 }
 
 
+SEEDS_NOTE = (
+    "Cells are means over seeds with the 95% t-interval (mean ± half-width); \"n=1\": one "
+    "seed, no interval (sweeps/run.py --seeds N)."
+)
+DIFF_NOTE = (
+    "Differences are paired by seed: the mean over seeds of (row - Baseline) at the same seed, "
+    "with a percentile bootstrap 95% interval (10,000 resamples of the seeds); * marks an "
+    "interval that excludes zero."
+)
+
+
 def _sections(report: Report) -> list[tuple[str, str, pd.DataFrame | None]]:
     """(title, intro text, table) of the report, in order; figures follow the tables."""
+    diff = f" {DIFF_NOTE}" if report.baseline is not None else ""
     axis_note = (
-        "Per value of each variant axis, over all finished trials: mean and best dev score "
-        "and mean training time."
+        "Per value of each variant axis, over all its finished trials: per seed the mean over "
+        "them, then the mean over seeds with its interval; the best trial's dev score. Dev vs "
+        "Baseline Value: the difference from the rows with the Baseline's value of that axis. "
+        + SEEDS_NOTE + diff.replace("Baseline", "Baseline value's rows", 1)
     )
     variant_note = (
-        "One row per variant: its best finished trial by dev score, sorted by dev score "
-        "(the shape of Table 2 of the BERTer paper). Training time is hh:mm:ss; avg exit layer "
-        "and layers saved are at the calibrated early-exit operating point."
+        "One row per variant: its best finished trial by mean dev score over its seeds, sorted "
+        "by dev score (the shape of Table 2 of the BERTer paper). Training time is hh:mm:ss; "
+        "avg exit layer and layers saved are at the calibrated early-exit operating point. "
+        + SEEDS_NOTE + diff
         + (
             " Paper Dev: the paper's reported dev score for that row."
             if "Paper Dev" in report.variant_table()
             else ""
         )
+    )
+    exit_note = (
+        "The variants that exit early, and the Baseline for reference: dev score at full depth "
+        "and at the early-exit operating point chosen on the calibration slice, each task's "
+        "metric there, average exit layer, layers saved and measured wall-clock speedup. "
+        + SEEDS_NOTE + diff
     )
     imp_intro = (
         f"Optuna {report.importance_evaluator} importance of each varying hyperparameter for the "
@@ -64,9 +87,19 @@ def _sections(report: Report) -> list[tuple[str, str, pd.DataFrame | None]]:
         if report.importance
         else ""
     )
+    differences = report.differences_table()
+    early = report.early_exit_table()
+    if early.empty:
+        exit_note = "No variant exits early."
     return [
         ("Variants", variant_note, report.variant_table()),
+        (
+            "Differences from the Baseline",
+            "Per variant (its best trial), every metric minus the Baseline's. " + DIFF_NOTE,
+            differences if not differences.empty else None,
+        ),
         ("Ablation", axis_note, report.ablation_table()),
+        ("Early exit", exit_note, early if not early.empty else None),
         (
             "Layer-wise scores",
             "Per curve, the best exit layer of the best trial of each strategy and the score "
@@ -179,6 +212,26 @@ SHORT_HEADERS = {
 }  # fmt: skip
 
 
+def _fit(title: str, table: pd.DataFrame, width: int) -> list[tuple[str, pd.DataFrame]]:
+    """A table cut into column groups that fit ``width`` characters, each repeating the
+    first (name) column; the later parts titled "(continued)"."""
+    table = table.rename(columns=SHORT_HEADERS)
+    sizes = [max(len(str(c)), *(len(str(x)) for x in table[c])) + 3 for c in table.columns]
+    first = min(sizes[0], 32)  # names wrap
+    parts, current, used = [], [], first
+    for i, size in enumerate(sizes[1:], start=1):
+        if current and used + size > width:
+            parts.append(current)
+            current, used = [], first
+        current.append(i)
+        used += size
+    parts.append(current)
+    return [
+        (title if k == 0 else f"{title} (continued)", table.iloc[:, [0, *cols]])
+        for k, cols in enumerate(parts)
+    ]
+
+
 def print_report(report: Report, console: Any = None) -> None:
     """The summary and tables on the terminal (rich). The variant table is split in two
     (metrics, then trial and hyperparameters) to fit a terminal; the files keep it whole."""
@@ -202,6 +255,7 @@ def print_report(report: Report, console: Any = None) -> None:
             )
         elif table is not None and not table.empty:
             tables.append((title, table))
+    tables = [part for title, table in tables for part in _fit(title, table, console.width)]
     for title, table in tables:
         table = table.rename(columns=SHORT_HEADERS)
         t = Table(title=title, title_justify="left")
