@@ -96,6 +96,8 @@ def test_a_seeded_trial_trains_every_seed_one_epoch_per_step_and_reports_their_m
 
 
 def test_seed_k_of_a_configuration_trains_as_a_one_seed_trial_with_seed_k(tiny_model):
+    """Training the seeds in turn leaves each as it would be alone (same data: here each run
+    reads the demo set with its own seed, as a trial without the driver's data does)."""
     group = seeded_trial(tiny_model, seeds=2)({}).step()[SEEDS_KEY]
     alone = seeded_trial(tiny_model, seeds=1, seed=1)({}).step()
     assert SEEDS_KEY not in alone and alone["seed"] == 1
