@@ -1,1 +1,1 @@
-"""The comparison report of a sweep: tables, figures and their renderings."""
+"""The comparison report of a sweep: statistics over seeds, tables, figures and their renderings."""

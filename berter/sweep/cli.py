@@ -91,7 +91,8 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--search", help="comma-separated names to search (see below), e.g. lr,batch,dropout"
+        "--search",
+        help="comma-separated names to search (see below), e.g. lr,batch,dropout; none: a grid",
     )
     p.add_argument(
         "--set",

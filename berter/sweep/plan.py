@@ -335,7 +335,8 @@ def _searched_ranges(
     size = space_size(SearchSpace(hyper, [v.name for v in variants]))
     if num_samples > size:
         notes.append(
-            f"the search space has {size} configurations: {size} trials, not {num_samples}"
+            f"the search space has {size} configurations: {size} trials, not {num_samples} "
+            "(--seeds N trains each with N seeds)"
         )
         num_samples = int(size)
     for p in hyper:
