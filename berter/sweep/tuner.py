@@ -91,6 +91,7 @@ def build_tuner(
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from berter.sweep import study
     from berter.sweep.searcher import asha, make_searcher
     from berter.sweep.trainable import FAULT_DIR, TrialSpec, trainable_with_resources
     from berter.sweep.writer import ResultsWriter
@@ -122,6 +123,8 @@ def build_tuner(
         points_to_evaluate=round_robin_points(names, plan.num_samples)
         if plan.round_robin
         else None,
+        storage=study.storage(plan.directory),
+        study_name=plan.name,
     )
     limit = plan.max_concurrent or default_concurrency(plan)
     if plan.scheduler == "asha":
@@ -253,6 +256,9 @@ def run(
     tuner = build_tuner(plan, data, callbacks, resume=restorable)
     started = time.perf_counter()
     tuner.fit()
+    from berter.sweep.study import publish
+
+    publish(plan.directory)
     text, finished = summary(plan)
     print(f"sweep {plan.name} took {time.perf_counter() - started:.0f}s")
     print(text)
