@@ -36,7 +36,7 @@ from berter.exits.engine import prepare, run_exits
 from berter.exits.rules import build_exit_method
 from berter.infer import main as infer_main
 from berter.model.families import FAMILIES, check_model_type, family_of
-from berter.model.multi_exit import MultiExitBert
+from berter.model.multi_exit import MultiExitBert, load_backbone
 from berter.tasks import TASKS, Example
 from berter.train.run import TrainingRun
 from berter.train.smart import adversarial_noise, smart_loss
@@ -231,6 +231,12 @@ def test_an_unsupported_model_type_is_one_line_naming_the_supported_ones():
     check_model_type(tiny_config_of("roberta"))  # a supported one passes
 
 
+def test_loading_a_model_of_an_unsupported_type_names_it_and_the_supported_ones(tmp_path):
+    GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"^model '.*': model type 'gpt2' is not supported"):
+        load_backbone(str(tmp_path), 0.1)
+
+
 def test_dropout_reaches_hidden_dropouts_and_leaves_attention_dropout_as_trained():
     for model_type in MODEL_TYPES:
         model = model_of(tiny_family(model_type), dropout=0.27)
@@ -245,20 +251,22 @@ def test_dropout_reaches_hidden_dropouts_and_leaves_attention_dropout_as_trained
 
 # ------------------------------------------------------------------ training
 
-# every strategy and every exit method at least once per family, SLF on (its layer slices)
+# every strategy and every exit method at least once per family, SLF on (its layer slices),
+# and the two other pair layouts (siamese, packed)
 STRATEGY_METHODS = [
-    ("final", "none"), ("joint", "confidence"), ("two_stage", "entropy"),
-    ("alternating", "lte"), ("smart_alt", "patience"), ("joint", "qexit"),
-    ("alternating", "berter"),
+    ("final", "none", {}), ("joint", "confidence", {}), ("two_stage", "entropy", {}),
+    ("alternating", "lte", {}), ("smart_alt", "patience", {}), ("joint", "qexit", {}),
+    ("alternating", "berter", {}), ("joint", "confidence", {"cos_loss": "on"}),
+    ("joint", "none", {"concat": "before_embed"}),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-@pytest.mark.parametrize("strategy,exit_method", STRATEGY_METHODS)
+@pytest.mark.parametrize("strategy,exit_method,axes", STRATEGY_METHODS)
 def test_every_strategy_and_exit_method_trains_every_family(
-    data, model_type, strategy, exit_method
+    data, model_type, strategy, exit_method, axes
 ):
-    cfg = tiny_config(max_train=8, slf="on", strategy=strategy, exit_method=exit_method)
+    cfg = tiny_config(max_train=8, slf="on", strategy=strategy, exit_method=exit_method, **axes)
     run = TrainingRun(cfg, data, backbone=tiny_family(model_type))
     before = [p.detach().clone() for p in run.model.layer_parameters(1)]
     for epoch in range(run.strategy.num_epochs):
@@ -277,6 +285,15 @@ def test_slf_slice_of_layer_one_moves_only_its_layer_and_head(data, model_type):
     ids = {id(p) for p in run.model.layer_parameters(1) + run.model.head_parameters(1)}
     names = {n for n, p in run.model.named_parameters() if id(p) in ids}
     assert plan.exits == (1,) and plan.trainable == frozenset(names)
+
+
+def test_albert_shared_group_trains_at_the_top_layers_rate_under_layer_lr_decay(data):
+    """It is the top virtual layer too; the embeddings (and the projection) decay ** L."""
+    cfg = tiny_config(max_train=8, layer_lr_decay=0.5)
+    run = TrainingRun(cfg, data, backbone=tiny_family("albert", layers=3))
+    scales = run.lr_scales()
+    assert {scales[id(p)] for p in run.model.layer_parameters(0)} == {1.0}
+    assert {scales[id(p)] for p in run.model.embedding_parameters()} == {0.5**3}
 
 
 # ------------------------------------------------------------------ early exit
@@ -370,3 +387,4 @@ def test_a_checkpoint_of_every_family_loads_and_runs_inference(data, model_type,
     assert infer_main([str(tmp_path / "ckpt"), str(data_file), "--task", "sst"]) == 0
     out = capsys.readouterr().out
     assert "8 examples" in out and "avg exit layer 1.00/2" in out
+

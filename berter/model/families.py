@@ -297,12 +297,16 @@ FAMILIES: dict[str, Family] = {
 }  # fmt: skip
 
 
-def check_model_type(config: Any) -> None:
+def check_model_type(config: Any, name: str | None = None) -> None:
     """Refuse, in one line naming the supported ones, a config whose model type has no adapter.
 
-    ``config``: a transformers config (anything with ``model_type``).
+    ``config``: a transformers config (anything with ``model_type``); ``name``: the model's
+    name or path, for the message.
     """
-    family_of(config)
+    try:
+        family_of(config)
+    except ConfigError as exc:
+        raise ConfigError(f"model {name!r}: {exc}" if name else str(exc)) from None
 
 
 def family_of(config: Any) -> Family:

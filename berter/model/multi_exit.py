@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 from berter.config import DEFAULT_MODEL, Config, layers_after_drop
 from berter.data.encode import packaged_model_path
 from berter.errors import ConfigError, first_line
-from berter.model.families import Family, family_of
+from berter.model.families import Family, check_model_type, family_of
 from berter.tasks import Batch, Task
 
 
@@ -308,6 +308,7 @@ def load_backbone(name: str, dropout: float) -> PreTrainedModel:
             config = AutoConfig.from_pretrained(path)
         except Exception as exc:  # transformers raises many kinds; the user needs one line
             raise ConfigError(f"cannot load model {name!r}: {first_line(exc)}") from None
+        check_model_type(config, name)
         family = family_of(config)
         try:
             model = AutoModel.from_pretrained(path, config=config, **family.build_kwargs())
