@@ -35,8 +35,8 @@ def local_ray():
 def test_a_one_epoch_demo_sweep_of_every_family_terminates_every_trial(
     local_ray, model_type, tmp_path
 ):
+    from berter.sweep.cli import main as sweep_main
     from berter.sweep.store import read_results
-    from berter.sweep.tuner import main as sweep_main
 
     model = model_dir(tmp_path / model_type, tiny_family(model_type))
     variants = "smart=off,cos=off,slf=off,strategy=joint,exit=entropy,concat=after"
@@ -51,14 +51,9 @@ def test_a_one_epoch_demo_sweep_of_every_family_terminates_every_trial(
     assert len(trials) == 1 and set(trials.status) == {"terminated"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # only "did not raise" is expected; anything else fails
-    reason="issue 31: enable once the sweep pre-flight calls "
-    "berter.model.families.check_model_type on the model's config",
-)
 def test_the_sweep_plan_refuses_an_unsupported_model_type_in_one_line(tmp_path):
-    from berter.sweep.tuner import build_parser, make_plan
+    from berter.sweep.cli import build_parser
+    from berter.sweep.plan import make_plan
 
     model = model_dir(tmp_path / "gpt2", GPT2Config(n_layer=2, n_embd=32, n_head=2))
     argv = ["--search", "lr", "--data", "demo", "--model", model, "--results", str(tmp_path)]
