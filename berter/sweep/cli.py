@@ -150,6 +150,12 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, help="seed of the searcher and of every trial (default 0)")
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (trials, variants, searched ranges, resources, data sizes) and exit"
+        " without starting Ray or writing anything",
+    )
+    p.add_argument(
         "--max-failures",
         type=int,
         default=0,
@@ -193,8 +199,8 @@ def main(
         if args.resume:
             plan, data = resumed(args, parser)
         else:
-            alongside = None if args.address else tuner.early_ray(started)
-            plan, data = make_plan(args, alongside=alongside)
+            early = not (args.address or args.dry_run)
+            plan, data = make_plan(args, alongside=tuner.early_ray(started) if early else None)
         tuner.injected_faults(plan)
     except BerterError as exc:
         if started:  # nothing ran on it; the error stays the only output
@@ -203,8 +209,38 @@ def main(
             ray.shutdown()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print(dry_run_text(plan, data))
+        return 0
     announce(plan, args.resume)
     return tuner.run(plan, data, resume=args.resume, address=args.address, callbacks=callbacks)
+
+
+def dry_run_text(plan: Plan, data: Any) -> str:
+    """What ``--dry-run`` prints: the resolved plan, nothing started, nothing written."""
+    base = plan.base
+    gpus = f", {plan.gpus_per_trial:g} GPU" if plan.gpus_per_trial else ""
+    concurrent = plan.max_concurrent or "as many as the Ray cluster's resources hold"
+    lines = [
+        f"dry run of sweep {plan.name} (nothing started, nothing written)",
+        f"results: {plan.directory}",
+        f"data: {plan.data_source}" + (" (built-in demo set, not real data)" if plan.data_is_demo else ""),
+        f"trials: {plan.num_samples}, search {plan.search_alg}, scheduler {plan.scheduler}, "
+        f"objective {','.join(f'{o} ({m})' for o, m in zip(plan.objective, plan.modes, strict=True))}",
+        f"epochs: {base['epochs']} (ASHA time axis: {plan.max_t} main epochs)",
+        f"resources per trial: {plan.cpus_per_trial:g} CPU{gpus}; concurrent trials: {concurrent}",
+        f"variants ({len(plan.variant_objs)}):",
+        *(f"  {v.preset or '-'}: {v.name}" for v in plan.variant_objs),
+        "searched:" if plan.param_objs else "searched: nothing (fixed hyperparameters)",
+        *(f"  {p.name}: {p.describe()}" for p in plan.param_objs),
+        "data sizes (train / dev / calibration examples):",
+        *(
+            f"  {name}: {len(s.train)} / {len(s.dev)} / {len(s.calib)}"
+            for name, s in data.splits.items()
+        ),
+    ]
+    lines += [f"note: {note}" for note in plan.notes]
+    return "\n".join(lines)
 
 
 def resumed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Plan, Any]:
