@@ -14,7 +14,7 @@ import textwrap
 from typing import Any
 
 from berter.config import Config
-from berter.errors import BerterError, RaisingArgumentParser
+from berter.errors import BerterError, ConfigError, RaisingArgumentParser
 from berter.sweep import tuner
 from berter.sweep.plan import (
     DEFAULT_NUM_SAMPLES,
@@ -146,6 +146,12 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
     p.add_argument(
+        "--retry-errored",
+        action="store_true",
+        help="with --resume: start the trials that errored again from scratch (Ray's "
+        "Tuner.restore(restart_errored=True)); without it they stay errored",
+    )
+    p.add_argument(
         "--address", help="join a Ray cluster: auto (on the head node) or ray://host:10001"
     )
     p.add_argument("--seed", type=int, help="seed of the searcher and of every trial (default 0)")
@@ -196,6 +202,8 @@ def main(
     started: list[bool] = []  # whether this call started Ray (to stop it on a late error)
     try:
         args = parser.parse_args(argv)
+        if args.retry_errored and not args.resume:
+            raise ConfigError("--retry-errored needs --resume")
         if args.resume:
             plan, data = resumed(args, parser)
         else:
@@ -213,7 +221,14 @@ def main(
         print(dry_run_text(plan, data))
         return 0
     announce(plan, args.resume)
-    return tuner.run(plan, data, resume=args.resume, address=args.address, callbacks=callbacks)
+    return tuner.run(
+        plan,
+        data,
+        resume=args.resume,
+        address=args.address,
+        callbacks=callbacks,
+        retry_errored=args.retry_errored,
+    )
 
 
 def dry_run_text(plan: Plan, data: Any) -> str:

@@ -84,7 +84,11 @@ def default_concurrency(plan: Plan) -> int:
 
 
 def build_tuner(
-    plan: Plan, data: Any, extra_callbacks: list | None = None, resume: bool = False
+    plan: Plan,
+    data: Any,
+    extra_callbacks: list | None = None,
+    resume: bool = False,
+    retry_errored: bool = False,
 ) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -104,8 +108,8 @@ def build_tuner(
     if resume:
         from ray.tune import Tuner
 
-        return Tuner.restore(
-            plan.storage, trainable=trainable, resume_unfinished=True, resume_errored=False
+        return Tuner.restore(  # errored trials: left as they are, or started again from scratch
+            plan.storage, trainable=trainable, resume_unfinished=True, restart_errored=retry_errored
         )
 
     single = len(plan.objective) == 1
@@ -196,7 +200,9 @@ def human_bytes(n: float) -> str:
 
 
 def summary(plan: Plan) -> tuple[str, bool]:
-    """The end-of-sweep text (best trials or Pareto front) and whether the sweep finished."""
+    """The end-of-sweep text (best trials or Pareto front) and whether the sweep succeeded:
+    every trial done and at least one finished with a score (a sweep whose every trial errored
+    or diverged did not)."""
     import pandas as pd
 
     from berter.sweep.store import pareto_front, read_results
@@ -229,18 +235,32 @@ def summary(plan: Plan) -> tuple[str, bool]:
             )
             lines.append(f"best trials by {plan.objective[0]}:")
             lines.append(best[cols].to_string(index=False))
+    failed = {s: int((trials.status == s).sum()) for s in ("error", "diverged")}
+    if any(failed.values()):
+        lines.append(f"failed: {failed['error']} errored, {failed['diverged']} diverged"
+                     + (f"; retry the errored with: python sweeps/run.py --resume --retry-errored"
+                        f" --name {plan.name}" if failed["error"] else ""))  # fmt: skip
+    if not len(ok):
+        lines.append("no trial finished with a score")
     lines.append(f"results: {plan.directory}/{{trials,epochs,exits}}.parquet")
     # one checkpoint per trial (two while the best epoch is not the latest): bounded on disk
     lines.append(f"disk: {human_bytes(disk_usage(plan.directory))} in {plan.directory}")
     if not finished:
         lines.append(f"unfinished; continue with: python sweeps/run.py --resume --name {plan.name}"
                      + (f" --results {Path(plan.directory).parent}" if "://" not in plan.directory else ""))  # fmt: skip
-    return "\n".join(lines), finished
+    return "\n".join(lines), finished and len(ok) > 0
 
 
 def run(
-    plan: Plan, data: Any, *, resume: bool, address: str | None, callbacks: list | None = None
+    plan: Plan,
+    data: Any,
+    *,
+    resume: bool,
+    address: str | None,
+    callbacks: list | None = None,
+    retry_errored: bool = False,
 ) -> int:
+    """Run (or resume) the sweep; exit status 0 when it succeeded (``summary``), else 1."""
     from ray.tune import Tuner
 
     from berter.sweep.store import Store
@@ -253,7 +273,7 @@ def run(
         store.write_bytes(SWEEP_FILE, plan.to_json().encode())
     quiet_ray()
     start_ray(address)
-    tuner = build_tuner(plan, data, callbacks, resume=restorable)
+    tuner = build_tuner(plan, data, callbacks, resume=restorable, retry_errored=retry_errored)
     started = time.perf_counter()
     tuner.fit()
     from berter.sweep.study import publish
