@@ -32,7 +32,7 @@ SWEEP_OPTIONS = (
     "search", "set", "range", "variants", "data_dir", "data", "tasks", "model", "num_samples",
     "epochs", "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
     "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "grace_period",
-    "reduction_factor",
+    "reduction_factor", "tracking",
 )  # fmt: skip
 
 
@@ -155,6 +155,13 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
         "--address", help="join a Ray cluster: auto (on the head node) or ray://host:10001"
     )
     p.add_argument("--seed", type=int, help="seed of the searcher and of every trial (default 0)")
+    p.add_argument(
+        "--tracking",
+        action="append",
+        metavar="mlflow[=URI]|wandb|tensorboard",
+        help="log every trial to an experiment tracker with Ray's logger callbacks (repeatable;"
+        " mlflow's default store: ./mlflow.db; the packages: pip install -e '.[tracking]')",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -36,6 +36,7 @@ from berter.sweep.space import (
     space_size,
     with_epoch_bound,
 )
+from berter.sweep.tracking import parse_tracking
 
 if TYPE_CHECKING:  # berter.variants imports the exit methods (torch): not before Ray starts
     from berter.variants import Variant
@@ -76,6 +77,7 @@ class Plan:
     created_at: str = ""
     grace_period: int = 1  # ASHA
     reduction_factor: float | None = None  # ASHA; None: berter.sweep.searcher.reduction_factor
+    tracking: list[str] = field(default_factory=list)  # berter.sweep.tracking specs
 
     @property
     def variant_objs(self) -> list[Variant]:
@@ -216,6 +218,7 @@ def _resolve_plan(
         created_at=datetime.now().isoformat(timespec="seconds"),
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
+        tracking=parse_tracking(args.tracking),
     )
     return plan, data
 

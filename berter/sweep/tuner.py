@@ -97,6 +97,7 @@ def build_tuner(
 
     from berter.sweep import study
     from berter.sweep.searcher import asha, make_searcher
+    from berter.sweep.tracking import tracking_callbacks
     from berter.sweep.trainable import FAULT_DIR, TrialSpec, trainable_with_resources
     from berter.sweep.writer import ResultsWriter
 
@@ -152,7 +153,13 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=RAY_DIR,
             storage_path=plan.directory,
-            callbacks=[writer, JsonLoggerCallback(), CSVLoggerCallback(), *(extra_callbacks or [])],
+            callbacks=[
+                writer,
+                JsonLoggerCallback(),
+                CSVLoggerCallback(),
+                *tracking_callbacks(plan.tracking, plan.name),
+                *(extra_callbacks or []),
+            ],
             checkpoint_config=tune.CheckpointConfig(  # the trial asks for one per epoch
                 num_to_keep=1,
                 checkpoint_score_attribute="dev_score",
