@@ -31,9 +31,8 @@ from berter.results import paired_difference, read_results, summarise_seeds
 from berter.sweep.cli import build_parser
 from berter.sweep.cli import main as sweep_main
 from berter.sweep.plan import make_plan
-from berter.sweep.searcher import NoRepeatOptunaSearch
 from berter.sweep.seeds import SEEDS_KEY, combine, run_directory, run_id
-from berter.sweep.space import SearchSpace
+from berter.sweep.study import load_study
 from berter.sweep.trainable import CHECKPOINT_FILE, Trial, TrialSpec
 from berter.sweep.writer import ResultsWriter
 from berter.variants import BASE_AXES, Variant
@@ -341,9 +340,7 @@ def test_a_three_seed_grid_writes_one_row_per_run_with_seed_and_config_id(seeded
 
 
 def test_optuna_gets_one_value_per_configuration_the_mean_of_its_seeds(seeded_sweep):
-    searcher = NoRepeatOptunaSearch(SearchSpace([], ["v"]), metric="dev_score", mode="max")
-    searcher.restore_from_dir(str(seeded_sweep / "ray"))
-    study = searcher._ot_study.trials
+    study = load_study(seeded_sweep).trials  # the sweep's stored Optuna study
     assert [t.state for t in study] == [optuna.trial.TrialState.COMPLETE] * 2
     epochs = read_results(seeded_sweep)["epochs"]
     last = epochs[epochs.epoch == 2]  # the value Tune reports last: the final epoch's mean

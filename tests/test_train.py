@@ -279,7 +279,7 @@ def test_packaged_backbone_learns_on_a_slice_of_the_real_data():
 FAULTS_SCRIPT = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from berter.train import keep_freed_memory
+    from berter.train.run import keep_freed_memory
     assert keep_freed_memory()
 def step():
     t = torch.empty(16 * 2**20).fill_(1.0)  # 64 MB, freed again as a training step does

@@ -59,6 +59,7 @@ from berter.report.stats import (
     t_interval,
 )
 from berter.sweep.store import read_results
+from berter.sweep.study import load_study
 from berter.tasks import TASKS, metric_column
 from berter.variants import BASE_AXES, PAPER_TABLE2
 
@@ -568,7 +569,7 @@ def build_report(path: str | Path) -> Report:
     configs = configurations(finished, metrics)
     variants = best_per_variant(configs)
     base = baseline_runs(finished) if not finished.empty else finished
-    imp, evaluator, imp_note = importance(configs)
+    imp, evaluator, imp_note = importance(configs, load_study(path))
     name = str(path).rstrip("/").rsplit("/", 1)[-1] or str(path)
     report = Report(
         source=str(path),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import BertModel
+from transformers import PreTrainedModel
 
 from berter.config import Config
 from berter.data.encode import (
@@ -162,7 +162,7 @@ class TrainingRun:
         cfg: Config,
         data: MultitaskData | None = None,
         *,
-        backbone: BertModel | None = None,
+        backbone: PreTrainedModel | None = None,
         tokenizer: Any = None,
         device: torch.device | str | None = None,
         log: Callable[[str], None] | None = None,
