@@ -223,6 +223,15 @@ def test_search_none_is_a_grid_of_the_variants_run_to_the_end(tmp_path):
     assert plan_of(tmp_path, "--search", "lr").scheduler == "asha" and plan.seed == 0
 
 
+def test_dry_run_of_a_seeded_grid_names_the_seeds_and_the_runs(tmp_path, capsys):
+    argv = ["--data", "demo", "--search", "none", "--variants", "paper", "--seeds", "3",
+            "--results", str(tmp_path), "--dry-run"]  # fmt: skip
+    assert sweep_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trials: 12 x 3 seeds (36 training runs), search none (a grid of the variants), " in out
+    assert "scheduler fifo" in out
+
+
 @pytest.mark.parametrize("seeds", ["0", "-2"])
 def test_seeds_below_one_are_one_line_and_exit_2(tmp_path, capsys, seeds):
     assert sweep_main(["--search", "none", "--seeds", seeds, "--results", str(tmp_path)]) == 2

@@ -270,7 +270,10 @@ def dry_run_text(plan: Plan, data: Any) -> str:
         f"dry run of sweep {plan.name} (nothing started, nothing written)",
         f"results: {plan.directory}",
         f"data: {plan.data_source}" + (" (built-in demo set, not real data)" if plan.data_is_demo else ""),
-        f"trials: {plan.num_samples}, search {plan.search_alg}, scheduler {plan.scheduler}, "
+        f"trials: {plan.num_samples}"
+        + (f" x {plan.seeds} seeds ({plan.num_samples * plan.seeds} training runs)" if plan.seeds > 1 else "")
+        + f", search {plan.search_alg if plan.search else 'none (a grid of the variants)'}, "
+        f"scheduler {plan.scheduler}, "
         f"objective {','.join(f'{o} ({m})' for o, m in zip(plan.objective, plan.modes, strict=True))}",
         f"epochs: {base['epochs']} (ASHA time axis: {plan.max_t} main epochs)",
         f"resources per trial: {plan.cpus_per_trial:g} CPU{gpus}; concurrent trials: {concurrent}",
