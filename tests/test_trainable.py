@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from faults import FaultInjector
 from tiny import tiny_backbone, tiny_config
 
 from berter.checkpoint import STATE_FILE, WEIGHTS_FILE, load_model
@@ -121,8 +122,8 @@ def test_epoch_result_counts_main_epochs_without_the_slf_warmup():
     run = TrainingRun(
         tiny_config(epochs=1, **{**SLF_ALT, "strategy": "joint"}), backbone=tiny_backbone()
     )
-    rows = []
-    run.fit(lambda rep: rows.append(epoch_result(run, rep, run.strategy.num_epochs)))
+    run.fit()
+    rows = [epoch_result(run, rep, run.strategy.num_epochs) for rep in run.history]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert [r["main_epoch"] for r in rows] == [0, 1]  # the SLF epoch is not an ASHA step
     assert rows[0]["phase"] == "slf" and rows[-1]["epochs_planned"] == 2
@@ -130,9 +131,11 @@ def test_epoch_result_counts_main_epochs_without_the_slf_warmup():
 
 
 def test_diverged_flag_is_reported():
-    run = TrainingRun(tiny_config(epochs=2, test_fault="nan@1"), backbone=tiny_backbone())
-    rows = []
-    run.fit(lambda rep: rows.append(epoch_result(run, rep, 2)))
+    run = TrainingRun(
+        tiny_config(epochs=2), backbone=tiny_backbone(), callbacks=[FaultInjector("nan@1")]
+    )
+    run.fit()
+    rows = [epoch_result(run, rep, 2) for rep in run.history]
     assert len(rows) == 1 and rows[0]["diverged"] is True  # fit stops after a non-finite loss
 
 
