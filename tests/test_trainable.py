@@ -21,6 +21,7 @@ from berter.sweep.trainable import (
     save_checkpoint,
     to_plain,
 )
+from berter.train.callbacks import TrainerCallback
 from berter.train.run import TrainingRun
 from berter.variants import Variant
 
@@ -146,11 +147,13 @@ def test_config_defaults_are_the_single_source_for_unsearched_values():
 
 
 # ----------------------------------------------------------------------------- Trial
-def make_trial(model: str, measure_speedup: bool = False, **base_overrides) -> type[Trial]:
+def make_trial(
+    model: str, measure_speedup: bool = False, callbacks: tuple[str, ...] = (), **base_overrides
+) -> type[Trial]:
     """``Trial`` bound to a trial spec as ``tune.with_parameters`` binds it, but without Ray."""
     variant = Variant(dict(SLF_ALT, slf="off", strategy="joint", exit_method="confidence"))
     values = {**tiny_config(epochs=2, model=model).to_dict(), **base_overrides}
-    spec = TrialSpec(values, [variant], measure_speedup=measure_speedup)
+    spec = TrialSpec(values, [variant], measure_speedup=measure_speedup, callbacks=callbacks)
 
     class Bound(Trial):
         def setup(self, config):
@@ -211,9 +214,34 @@ def test_trial_resumed_mid_run_continues_from_the_checkpointed_epoch(tiny_model,
     assert result["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
 
 
-def test_a_diverged_epoch_ends_the_trial_without_asking_for_a_checkpoint(tiny_model):
-    result = make_trial(tiny_model, test_fault="nan@1")({}).step()
+def test_a_diverged_epoch_ends_the_trial_without_asking_for_a_checkpoint(
+    tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("BERTER_TEST_FAULT", "nan@1")
+    monkeypatch.setenv("BERTER_TEST_FAULT_DIR", str(tmp_path))
+    trial = make_trial(tiny_model, callbacks=("faults:FaultInjector",))({})
+    result = trial.step()
     assert result["diverged"] and result["done"] and "should_checkpoint" not in result
+    assert (tmp_path / "trial-0").read_text() == trial.trial_id  # claimed under its trial id
+
+
+class Stop(TrainerCallback):
+    """Early stopping as a user writes it: stop after the first epoch."""
+
+    def on_evaluate(self, run, report, dev):
+        run.should_stop = True
+
+
+def test_a_trial_runs_the_sweeps_callbacks_and_a_callback_can_end_it_early(tiny_model, tmp_path):
+    cls = make_trial(tiny_model, callbacks=("test_trainable:Stop",))
+    trial = cls({})
+    assert [type(c) for c in trial.run.callbacks] == [Stop]
+    result = trial.step()
+    assert result["done"] and result["epoch"] == 1 and result["epochs_planned"] == 2
+    trial.save_checkpoint(str(tmp_path))
+    again = cls({})
+    again.load_checkpoint(str(tmp_path))
+    assert again.step()["done"] and again.run.epoch == 1  # restored: stays stopped
 
 
 def test_reset_config_builds_the_next_trial_in_the_same_worker(tiny_model):

@@ -76,6 +76,7 @@ class Plan:
     created_at: str = ""
     grace_period: int = 1  # ASHA
     reduction_factor: float | None = None  # ASHA; None: berter.sweep.searcher.reduction_factor
+    callbacks: list[str] = field(default_factory=list)  # --callback: TrainerCallback paths
 
     @property
     def variant_objs(self) -> list[Variant]:
@@ -216,6 +217,7 @@ def _resolve_plan(
         created_at=datetime.now().isoformat(timespec="seconds"),
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
+        callbacks=list(args.callback or []),
     )
     return plan, data
 
@@ -400,7 +402,7 @@ def _gpus_per_trial(args: argparse.Namespace) -> float:
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k != "test_fault"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 # ----------------------------------------------------------------------------- resume
