@@ -151,3 +151,19 @@ def test_an_injected_stall_sleeps_only_after_an_epoch_this_process_trained(monke
     restored.load_state_dict(state)
     restored.next_epoch()  # restored from epoch 1's checkpoint: no second stall
     assert slept == [faults.STALL_SECONDS]
+
+
+# ----------------------------------------------------------------------------- the sweep option
+def test_sweep_callbacks_are_saved_in_the_plan_and_kept_on_resume(tmp_path):
+    import json
+
+    from berter.sweep.cli import build_parser
+    from berter.sweep.plan import Plan, make_plan
+
+    argv = ["--search", "lr", "--data", "demo", "--max-train", "8", "--results", str(tmp_path),
+            "--callback", "test_callbacks:Recorder", "--callback", "faults:FaultInjector"]  # fmt: skip
+    plan, _ = make_plan(build_parser().parse_args(argv))
+    assert plan.callbacks == ["test_callbacks:Recorder", "faults:FaultInjector"]
+    assert Plan.from_json(plan.to_json()).callbacks == plan.callbacks
+    older = {k: v for k, v in json.loads(plan.to_json()).items() if k != "callbacks"}
+    assert Plan.from_json(json.dumps(older)).callbacks == []  # a sweep.json from before
