@@ -4,7 +4,9 @@ Checkpoint format (a directory), written by ``save_model`` and read by ``load_mo
     config.json      Config.to_dict()
     model.pt         MultiExitBert state dict (TrainingRun.state_dict()["model"]),
                      loadable with torch.load(weights_only=True)
-    backbone/        the backbone's transformers config (the architecture; weights are in model.pt)
+    backbone/        the backbone's transformers config: the architecture and its family
+                     (``model_type``: bert, roberta, albert, electra, distilbert, deberta-v2);
+                     the weights are in model.pt
     tokenizer/       the tokenizer, so the directory is self-contained
     exits.json       {"exit_method", "thresholds": {task: value, [value per exit layer] or null},
                       "num_layers", "tolerance"}
@@ -23,14 +25,14 @@ from typing import Any
 import torch
 
 from berter.config import Config
-from berter.errors import DataError, first_line
+from berter.errors import ConfigError, DataError, first_line
 from berter.exits.base import (
     Param,
     Thresholds,
 )
 from berter.exits.calibration import as_param, calibrate, layer_values
 from berter.exits.rules import build_exit_method
-from berter.model.multi_exit import MultiExitBert
+from berter.model.multi_exit import MultiExitBert, new_backbone
 from berter.tasks import get_task
 
 CONFIG_FILE = "config.json"
@@ -92,7 +94,7 @@ def load_model(
     directory: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[Config, MultiExitBert, Thresholds]:
     """Rebuild the model of a checkpoint directory; returns (cfg, model in eval mode, thresholds)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
     path = Path(directory)
     if not path.is_dir():
@@ -101,11 +103,13 @@ def load_model(
     exits = _read_json(path / EXITS_FILE) if (path / EXITS_FILE).exists() else {}
     tasks = [get_task(name) for name in cfg.tasks]
     try:
-        backbone = AutoModel.from_config(
-            AutoConfig.from_pretrained(path / BACKBONE_DIR), add_pooling_layer=False
-        )
+        backbone_config = AutoConfig.from_pretrained(path / BACKBONE_DIR)
     except (OSError, ValueError) as e:
         raise DataError(f"{path / BACKBONE_DIR}: cannot read the backbone config: {e}") from None
+    try:
+        backbone = new_backbone(backbone_config)  # built by its family's adapter
+    except ConfigError as e:
+        raise DataError(f"{path / BACKBONE_DIR}: {e}") from None
     # the saved backbone config already has drop_top applied
     build_cfg = dataclasses.replace(cfg, drop_top=0)
     module = build_exit_method(build_cfg).build_module

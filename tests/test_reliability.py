@@ -262,6 +262,31 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(faulty_sweep):
     fine = trials.loc[roles["fine"]]  # started after the failures: the sweep went on
     assert fine.status == "terminated" and reported(roles["fine"]) == [1, 2]
     assert "error: RuntimeError: injected fault in epoch 2" in faulty_sweep["out"]
+    assert "failed: 1 errored, 1 diverged; retry the errored with:" in faulty_sweep["out"]
+
+
+def test_a_sweep_whose_every_trial_fails_exits_1_and_retry_errored_runs_them_again(
+    tiny_model, tmp_path, capsys
+):
+    argv = sweep_args(tiny_model, tmp_path, "doomed", "--num-samples", "2", "--epochs", "1",
+                      "--max-concurrent", "1", *INJECT)  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        # before Ray starts: its workers inherit this environment, for the resume too
+        for name, value in faults("raise@1:once,raise@1:once", tmp_path / "claims").items():
+            mp.setenv(name, value)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            assert sweep_main(argv) == 1
+            out = capsys.readouterr().out
+            assert "failed: 2 errored, 0 diverged" in out and "no trial finished" in out
+            # the retry: both errored trials start again from scratch (without
+            # --retry-errored a resume leaves them errored); their ":once" faults are spent
+            resume = ["--resume", "--retry-errored", "--name", "doomed", "--results", str(tmp_path)]
+            assert sweep_main(resume) == 0
+        finally:
+            ray.shutdown()
+    trials = read_results(tmp_path / "doomed")["trials"]
+    assert sorted(trials.status) == ["terminated", "terminated"] and trials.error.isna().all()
 
 
 def test_transient_failure_is_retried_from_its_checkpoint(faulty_sweep):

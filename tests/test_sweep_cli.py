@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import ray
 from ray import tune
@@ -40,6 +41,12 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def journal(directory: Path) -> optuna.storages.JournalStorage:
+    """The sweep's stored Optuna study, opened as a user would (optuna-dashboard reads the same)."""
+    backend = optuna.storages.journal.JournalFileBackend(str(directory / "optuna.journal"))
+    return optuna.storages.JournalStorage(backend)
 
 
 def args(tiny_model: str, results: Path, name: str, *extra: str) -> list[str]:
@@ -83,6 +90,13 @@ def test_three_trial_sweep_writes_the_three_tables(local_ray, tiny_model, tmp_pa
     data.write_text("\tid\tsentence\tsentiment\n0\ta\ta fine film .\t3\n1\tb\tdull .\t1\n")
     assert berter_main(["infer", best.checkpoint, str(data), "--task", "sst"]) == 0
     assert "2 examples" in capsys.readouterr().out
+    # the Optuna study is stored beside the Parquet files, one COMPLETE trial per trial row,
+    # valued at its last epoch's dev score (what Tune reports last)
+    study = optuna.load_study(study_name="three", storage=journal(tmp_path / "three"))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    last = epochs.sort_values("epoch").groupby("trial_id").dev_score.last()
+    assert sorted(t.value for t in done) == pytest.approx(sorted(last))
+    assert sorted(t.params["lr"] for t in done) == sorted(trials.lr)
 
 
 class InterruptSweep(tune.Callback):
@@ -129,6 +143,13 @@ def test_resume_skips_finished_trials_and_continues_from_checkpoints(
     assert list(resumed.index) == [1, 2, 3]
     for e in cut_epochs.epoch:  # epochs before the interruption were not trained again
         assert resumed.loc[e, "reported_at"] == cut_epochs.set_index("epoch").loc[e, "reported_at"]
+    # --resume continued the same stored study: one study, every trial's value in it
+    storage = journal(tmp_path / "resumable")
+    assert optuna.get_all_study_names(storage) == ["resumable"]
+    study = optuna.load_study(study_name="resumable", storage=storage)
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    last = epochs.sort_values("epoch").groupby("trial_id").dev_score.last()
+    assert sorted(values) == pytest.approx(sorted(last))
 
 
 # ----------------------------------------------------------------------------- user errors

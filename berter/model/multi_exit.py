@@ -1,14 +1,17 @@
-"""MultiExitBert: one BERT backbone, an exit head per task after every encoder layer.
+"""MultiExitBert: one encoder backbone, an exit head per task after every encoder layer.
 
-The backbone is a plain transformers ``BertModel``; this module wraps it rather than
-forking it: embeddings and encoder layers are called as they are, one layer at a time,
-so the same code serves training (all exits from one pass), SMART (a perturbed embedding
-output through ``encode``), and the early-exit engine (stop after any layer).
+The backbone is a plain transformers encoder of a supported family (BERT, RoBERTa, ALBERT,
+ELECTRA, DistilBERT, DeBERTa-v2: ``berter.model.families`` has one small adapter each); this
+module wraps it rather than forking it: embeddings and encoder layers are called as they
+are, one layer at a time, so the same code serves training (all exits from one pass), SMART
+(a perturbed embedding output through ``encode``), and the early-exit engine (stop after any
+layer). The attribute stays ``bert`` whatever the family (state-dict names start with it).
 
 Pair tasks are fed in one of three ways:
 - ``packed``   (concat=before_embed): ``[CLS] A [SEP] B [SEP]`` through the embeddings.
 - ``after_embed`` (concat=after_embed): A and B embedded separately (positions restart
-  for B, B gets token type 1), the two sequences concatenated, then the encoder.
+  for B, B gets token type 1, or 0 on a model without a second token type: RoBERTa,
+  DistilBERT, DeBERTa-v3), the two sequences concatenated, then the encoder.
 - ``siamese``  (cos_loss=on): A and B encoded separately with shared weights, stacked
   along the batch axis; each layer's exit mean-pools both and compares by cosine.
 """
@@ -16,19 +19,19 @@ Pair tasks are fed in one of three ways:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, BertModel
-from transformers.masking_utils import create_bidirectional_mask
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from berter.config import DEFAULT_MODEL, Config, layers_after_drop
 from berter.data.encode import packaged_model_path
 from berter.errors import ConfigError, first_line
+from berter.model.families import Family, check_model_type, family_of
 from berter.tasks import Batch, Task
 
 
@@ -36,10 +39,14 @@ from berter.tasks import Batch, Task
 class EncoderState:
     """Hidden states between two encoder layers, plus what the exits need to read them."""
 
-    hidden: torch.Tensor  # [B, T, H] (siamese: [2B, T, H], A rows then B rows)
+    # [B, T, H] (siamese: [2B, T, H], A rows then B rows); before the first layer the
+    # embedding module's width (ALBERT, ELECTRA: narrower than H)
+    hidden: torch.Tensor
     mask: torch.Tensor  # [B, T] 1 for real tokens
-    attn_mask: torch.Tensor | None  # the backbone's prepared attention mask
+    attn_mask: torch.Tensor | None  # the backbone's prepared attention mask, [B, ...]
     siamese: bool = False
+    # batch-independent inputs of every layer (DeBERTa-v2's relative positions)
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def select(self, rows: torch.Tensor) -> EncoderState:
         """Keep only some examples (the early-exit engine drops exited rows)."""
@@ -47,7 +54,7 @@ class EncoderState:
             n = self.hidden.shape[0] // 2
             rows = torch.cat([rows, rows + n])
         attn = self.attn_mask[rows] if self.attn_mask is not None else None
-        return EncoderState(self.hidden[rows], self.mask[rows], attn, self.siamese)
+        return EncoderState(self.hidden[rows], self.mask[rows], attn, self.siamese, self.shared)
 
 
 @dataclass
@@ -92,7 +99,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class MultiExitBert(nn.Module):
     def __init__(
         self,
-        backbone: BertModel,
+        backbone: PreTrainedModel,
         tasks: list[Task],
         *,
         dropout: float = 0.1,
@@ -102,12 +109,10 @@ class MultiExitBert(nn.Module):
         exit_module: nn.Module | None = None,
     ):
         super().__init__()
-        for name in ("embeddings", "encoder"):
-            if not hasattr(backbone, name):
-                raise ConfigError(
-                    f"model {type(backbone).__name__} is not a BertModel-like encoder"
-                )
+        self.family: Family = family_of(getattr(backbone, "config", None))
         self.bert = backbone
+        # sentence B of an after_embed pair gets type 1 only where the embeddings have one
+        self.token_types = self.family.token_types(backbone.config)
         self.tasks = {t.name: t for t in tasks}
         self.concat = concat
         self.siamese = cos_loss == "on"
@@ -130,7 +135,7 @@ class MultiExitBert(nn.Module):
         cls,
         cfg: Config,
         tasks: list[Task],
-        backbone: BertModel | None = None,
+        backbone: PreTrainedModel | None = None,
         exit_module: Callable[[int, list[Task]], nn.Module | None] | None = None,
     ) -> MultiExitBert:
         """Load (or take) the backbone, apply dropout and drop_top, attach heads.
@@ -143,10 +148,10 @@ class MultiExitBert(nn.Module):
             backbone = load_backbone(cfg.model, cfg.dropout)
         else:
             set_dropout(backbone, cfg.dropout)
-        left = layers_after_drop(cfg, backbone.config.num_hidden_layers)
+        family = family_of(backbone.config)
+        left = layers_after_drop(cfg, family.num_layers(backbone))
         if cfg.drop_top:
-            backbone.encoder.layer = backbone.encoder.layer[:left]
-            backbone.config.num_hidden_layers = left
+            family.drop_top(backbone, left)
         return cls(
             backbone,
             tasks,
@@ -159,7 +164,7 @@ class MultiExitBert(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.bert.encoder.layer)
+        return self.family.num_layers(self.bert)
 
     @property
     def hidden_size(self) -> int:
@@ -169,44 +174,43 @@ class MultiExitBert(nn.Module):
     def embed(self, batch: Batch) -> EncoderState:
         """Embedding layer output for the batch, in the pair layout this model uses.
 
-        Word + position + token type, after the embedding LayerNorm and dropout: the input of
-        the first encoder layer, and what SMART perturbs.
+        Word + position (+ token type), after the embedding LayerNorm and dropout: the
+        embedding module's own output, what SMART perturbs. It is the first encoder layer's
+        input, except where the family projects it into the encoder's width first (ELECTRA's
+        ``embeddings_project``, ALBERT's ``embedding_hidden_mapping_in``: ``layer(0)`` does).
         """
-        e = self.bert.embeddings
+        f, bert = self.family, self.bert
         if batch.input_ids_b is None:  # single sentence or packed pair
-            hidden = e(input_ids=batch.input_ids, token_type_ids=batch.token_type_ids)
+            types = batch.token_type_ids if self.token_types else None
+            hidden = f.embed(bert, batch.input_ids, types, batch.attention_mask)
             return self._state(hidden, batch.attention_mask)
         a, b = batch.input_ids, batch.input_ids_b
         ma, mb = batch.attention_mask, batch.attention_mask_b
         if self.siamese and self.tasks[batch.task].is_pair:
-            ha = e(input_ids=a)
-            hb = e(input_ids=b)
+            ha = f.embed(bert, a, None, ma)
+            hb = f.embed(bert, b, None, mb)
             t = max(ha.shape[1], hb.shape[1])
             ha, ma = F.pad(ha, (0, 0, 0, t - ha.shape[1])), F.pad(ma, (0, t - ma.shape[1]))
             hb, mb = F.pad(hb, (0, 0, 0, t - hb.shape[1])), F.pad(mb, (0, t - mb.shape[1]))
             return self._state(torch.cat([ha, hb]), torch.cat([ma, mb]), siamese=True)
-        # after_embed: embed each sentence on its own, then concatenate the sequences
-        ha = e(input_ids=a, token_type_ids=torch.zeros_like(a))
-        hb = e(input_ids=b, token_type_ids=torch.ones_like(b))
-        return self._state(torch.cat([ha, hb], dim=1), torch.cat([ma, mb], dim=1))
+        # after_embed: embed each sentence on its own, then concatenate the sequences; on a
+        # model without a second token type both sentences are type 0
+        ha = f.embed(bert, a, torch.zeros_like(a), ma)
+        hb = f.embed(bert, b, torch.ones_like(b) if self.token_types else torch.zeros_like(b), mb)
+        return self._state(*f.join(ha, ma, hb, mb))
 
     def _state(
         self, hidden: torch.Tensor, mask: torch.Tensor, siamese: bool = False
     ) -> EncoderState:
-        attn = create_bidirectional_mask(
-            config=self.bert.config,
-            inputs_embeds=hidden,
-            attention_mask=mask,
-            allow_is_bidirectional_skip=False,
-        )
-        return EncoderState(hidden, mask, attn, siamese)
+        attn, shared = self.family.prepare(self.bert, hidden, mask)
+        return EncoderState(hidden, mask, attn, siamese, shared)
 
     def layer(self, i: int, state: EncoderState) -> EncoderState:
-        """Run encoder layer i (0-based) of the backbone, unchanged."""
-        hidden = self.bert.encoder.layer[i](state.hidden, state.attn_mask)
-        if isinstance(hidden, tuple):  # older transformers return a tuple
-            hidden = hidden[0]
-        return EncoderState(hidden, state.mask, state.attn_mask, state.siamese)
+        """Run encoder layer i (0-based) of the backbone, unchanged (layer 0 first takes the
+        embedding output into the encoder's width, where the family has a projection)."""
+        hidden = self.family.enter(self.bert, state.hidden) if i == 0 else state.hidden
+        hidden = self.family.layer(self.bert, i, hidden, state)
+        return EncoderState(hidden, state.mask, state.attn_mask, state.siamese, state.shared)
 
     def exit(self, i: int, task: str, state: EncoderState) -> ExitOutput:
         """Exit i's output for a task, from the hidden states after layer i."""
@@ -258,12 +262,15 @@ class MultiExitBert(nn.Module):
 
     # ------------------------------------------------------------------ parameters
     def embedding_parameters(self) -> list[nn.Parameter]:
-        """The embedding layer's weights (layer-wise lr decay trains them slowest)."""
-        return list(self.bert.embeddings.parameters())
+        """The embedding layer's weights (layer-wise lr decay trains them slowest), with the
+        weights every layer shares (ELECTRA's and ALBERT's projection into the encoder's
+        width, DeBERTa-v2's relative-position embeddings)."""
+        return self.family.embedding_parameters(self.bert)
 
     def layer_parameters(self, i: int) -> list[nn.Parameter]:
-        """Encoder layer i's weights (SLF trains one layer at a time)."""
-        return list(self.bert.encoder.layer[i].parameters())
+        """Encoder layer i's weights (SLF trains one layer at a time). ALBERT: the shared
+        layer group virtual layer i calls, so every virtual layer names the same weights."""
+        return self.family.layer_parameters(self.bert, i)
 
     def head_parameters(self, i: int) -> list[nn.Parameter]:
         """Exit head i's weights for every task."""
@@ -321,32 +328,45 @@ class MultiExitBert(nn.Module):
         return scales
 
 
-def set_dropout(backbone: nn.Module, p: float) -> None:
+def set_dropout(backbone: PreTrainedModel, p: float) -> None:
     """Apply the configured dropout to the backbone's hidden-state dropouts.
 
     Attention-probability dropout stays as the checkpoint was trained.
     """
-    backbone.config.hidden_dropout_prob = p
+    family = family_of(backbone.config)
+    setattr(backbone.config, family.dropout_field, p)
     for name, module in backbone.named_modules():
-        if isinstance(module, nn.Dropout) and "attention.self" not in name:
+        if isinstance(module, nn.Dropout) and not name.endswith(family.attention_dropout):
             module.p = p
 
 
-def load_backbone(name: str, dropout: float) -> BertModel:
-    """Load the packaged all-MiniLM-L6-v2 or any ``AutoModel`` name or path."""
+def new_backbone(config: Any) -> PreTrainedModel:
+    """A randomly initialised backbone of a transformers config (a checkpoint's weights are
+    loaded over it); a config of an unsupported family is a ConfigError."""
+    family = family_of(config)
+    return AutoModel.from_config(config, **family.build_kwargs())
+
+
+def load_backbone(name: str, dropout: float) -> PreTrainedModel:
+    """Load the packaged all-MiniLM-L6-v2 or any ``AutoModel`` name or path of a supported
+    family (``berter.model.families``)."""
     path = packaged_model_path() if name in (DEFAULT_MODEL, "", None) else name
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused-pooler load report is noise here
     hf_logging.disable_progress_bar()
     try:
-        config = AutoConfig.from_pretrained(path, hidden_dropout_prob=dropout)
-        model = AutoModel.from_pretrained(path, config=config, add_pooling_layer=False)
-    except Exception as exc:  # transformers raises many kinds; the user needs one line
-        raise ConfigError(f"cannot load model {name!r}: {first_line(exc)}") from None
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except Exception as exc:  # transformers raises many kinds; the user needs one line
+            raise ConfigError(f"cannot load model {name!r}: {first_line(exc)}") from None
+        check_model_type(config, name)
+        family = family_of(config)
+        try:
+            model = AutoModel.from_pretrained(path, config=config, **family.build_kwargs())
+        except Exception as exc:
+            raise ConfigError(f"cannot load model {name!r}: {first_line(exc)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
-    if not hasattr(model, "encoder") or not hasattr(model.encoder, "layer"):
-        raise ConfigError(f"model {name!r} is not a BERT-style encoder (no encoder.layer)")
     set_dropout(model, dropout)
     return model

@@ -31,6 +31,7 @@ from berter.config import AXES, variant_name
 from berter.report.cells import DASH, as_list, finite, fmt, fmt_value, format_duration, numeric
 from berter.report.hyperparameters import importance, shown_hyperparameters
 from berter.sweep.store import read_results
+from berter.sweep.study import load_study
 from berter.tasks import TASKS, metric_column
 from berter.variants import PAPER_TABLE2
 
@@ -372,7 +373,7 @@ def build_report(path: str | Path) -> Report:
     finished = finished_trials(trials)
     counts = status_counts(trials)
     variants = best_per_variant(finished)
-    imp, evaluator, imp_note = importance(finished)
+    imp, evaluator, imp_note = importance(finished, load_study(path))
     name = str(path).rstrip("/").rsplit("/", 1)[-1] or str(path)
     report = Report(
         source=str(path),

@@ -5,7 +5,9 @@ out: the variant table and the ablation show those), in its order, then every ot
 hyperparameter column of the results (``berter.sweep.store.hyperparameter_fields``: the
 ``Config`` fields), so a setting made searchable, or a new ``Config`` field whose value
 differs between trials, is shown and ranked here without another edit. Importance comes from
-Optuna: a study is rebuilt from the finished trials and handed to its importance evaluator.
+Optuna's own evaluator on the sweep's stored study (``berter.sweep.study``: the trials Optuna
+was told were complete, with the parameters it proposed); a sweep without one (made before
+studies were stored) gets a study rebuilt from its finished trials.
 """
 
 from __future__ import annotations
@@ -56,34 +58,58 @@ def shown_hyperparameters(finished: pd.DataFrame) -> list[str]:
     ]
 
 
-def importance(finished: pd.DataFrame) -> tuple[dict[str, float], str | None, str | None]:
-    """Optuna hyperparameter importance for the dev score over the parameters that vary.
+def importance(
+    finished: pd.DataFrame, study: optuna.Study | None = None
+) -> tuple[dict[str, float], str | None, str | None]:
+    """Optuna hyperparameter importance for the sweep's objective over the parameters that vary.
 
-    Rebuilds a study from the finished trials (variant as a categorical parameter when
-    several were run). Uses fANOVA when scikit-learn is installed, else Optuna's default
-    (PED-ANOVA). Returns (importances, evaluator name, note); a note instead of importances
-    when there are too few trials or nothing varies.
+    From the stored ``study`` when there is one, else from a study rebuilt from the finished
+    trials (variant as a categorical parameter when several were run). Uses fANOVA when
+    scikit-learn is installed, else Optuna's default (PED-ANOVA). Returns (importances,
+    evaluator name, note); a note instead of importances when there are too few trials or
+    nothing varies.
     """
+    if study is not None:
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        names = sorted({k for t in complete for k in t.params})
+        names = [n for n in names if len({str(t.params.get(n)) for t in complete}) > 1]
+        count, source = len(complete), "complete trials of the stored Optuna study"
+    else:
+        study, count, names = _rebuilt_study(finished)
+        source = "finished trials"
+    if count < MIN_IMPORTANCE_TRIALS:
+        return {}, None, (
+            f"Hyperparameter importance needs at least {MIN_IMPORTANCE_TRIALS} {source}; "
+            f"this sweep has {count}."
+        )  # fmt: skip
+    if not names or study is None:
+        return {}, None, f"Hyperparameter importance: no hyperparameter varies across the {source}."
+    try:
+        import sklearn  # noqa: F401  (fANOVA's random forest; optional)
+
+        evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
+    except ImportError:
+        evaluator, name = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None  # the first objective
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, params=names, target=target
+            )
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        return {}, name, f"Hyperparameter importance could not be computed: {first_line(exc)}"
+    return {k: float(v) for k, v in result.items()}, name, None
+
+
+def _rebuilt_study(finished: pd.DataFrame) -> tuple[optuna.Study | None, int, list[str]]:
+    """A study of the finished trials' dev scores, for sweeps without a stored one."""
     values = numeric(finished, "dev_score")
     df = finished[np.isfinite(values)]
-    if len(df) < MIN_IMPORTANCE_TRIALS:
-        return (
-            {},
-            None,
-            (
-                f"Hyperparameter importance needs at least {MIN_IMPORTANCE_TRIALS} finished trials "
-                f"with a dev score; this sweep has {len(df)}."
-            ),
-        )
     names = [h for h in (*hyperparameter_columns(), "variant") if h in df.columns]
     names = [h for h in names if df[h].notna().all() and df[h].nunique() > 1]
-    if not names:
-        return (
-            {},
-            None,
-            "Hyperparameter importance: no hyperparameter varies across the finished trials.",
-        )
-
+    if len(df) < MIN_IMPORTANCE_TRIALS or not names:
+        return None, len(df), names
     dists: dict[str, Any] = {}
     for h in names:
         col = df[h]
@@ -110,19 +136,7 @@ def importance(finished: pd.DataFrame) -> tuple[dict[str, float], str | None, st
         study.add_trial(
             optuna.trial.create_trial(params=params, distributions=dists, value=float(value))
         )
-    try:
-        import sklearn  # noqa: F401  (fANOVA's random forest; optional)
-
-        evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
-    except ImportError:
-        evaluator, name = optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-        return {}, name, f"Hyperparameter importance could not be computed: {first_line(exc)}"
-    return {k: float(v) for k, v in result.items()}, name, None
+    return study, len(df), names
 
 
 def _py(x: Any) -> Any:

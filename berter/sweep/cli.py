@@ -14,7 +14,7 @@ import textwrap
 from typing import Any
 
 from berter.config import Config
-from berter.errors import BerterError, RaisingArgumentParser
+from berter.errors import BerterError, ConfigError, RaisingArgumentParser
 from berter.sweep import tuner
 from berter.sweep.plan import (
     DEFAULT_NUM_SAMPLES,
@@ -33,7 +33,7 @@ SWEEP_OPTIONS = (
     "search", "set", "range", "variants", "data_dir", "data", "tasks", "model", "num_samples",
     "epochs", "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
     "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "grace_period",
-    "reduction_factor", "callback",
+    "reduction_factor", "callback", "tracking",
 )  # fmt: skip
 
 
@@ -152,9 +152,28 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
     p.add_argument(
+        "--retry-errored",
+        action="store_true",
+        help="with --resume: start the trials that errored again from scratch (Ray's "
+        "Tuner.restore(restart_errored=True)); without it they stay errored",
+    )
+    p.add_argument(
         "--address", help="join a Ray cluster: auto (on the head node) or ray://host:10001"
     )
     p.add_argument("--seed", type=int, help="seed of the searcher and of every trial (default 0)")
+    p.add_argument(
+        "--tracking",
+        action="append",
+        metavar="mlflow[=URI]|wandb|tensorboard",
+        help="log every trial to an experiment tracker with Ray's logger callbacks (repeatable;"
+        " mlflow's default store: ./mlflow.db; the packages: pip install -e '.[tracking]')",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (trials, variants, searched ranges, resources, data sizes) and exit"
+        " without starting Ray or writing anything",
+    )
     p.add_argument(
         "--max-failures",
         type=int,
@@ -203,11 +222,13 @@ def main(
     started: list[bool] = []  # whether this call started Ray (to stop it on a late error)
     try:
         args = parser.parse_args(argv)
+        if args.retry_errored and not args.resume:
+            raise ConfigError("--retry-errored needs --resume")
         if args.resume:
             plan, data = resumed(args, parser)
         else:
-            alongside = None if args.address else tuner.early_ray(started)
-            plan, data = make_plan(args, alongside=alongside)
+            early = not (args.address or args.dry_run)
+            plan, data = make_plan(args, alongside=tuner.early_ray(started) if early else None)
         build_callbacks(plan.callbacks)  # importable and buildable, before any trial starts
     except BerterError as exc:
         if started:  # nothing ran on it; the error stays the only output
@@ -216,8 +237,45 @@ def main(
             ray.shutdown()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print(dry_run_text(plan, data))
+        return 0
     announce(plan, args.resume)
-    return tuner.run(plan, data, resume=args.resume, address=args.address, callbacks=callbacks)
+    return tuner.run(
+        plan,
+        data,
+        resume=args.resume,
+        address=args.address,
+        callbacks=callbacks,
+        retry_errored=args.retry_errored,
+    )
+
+
+def dry_run_text(plan: Plan, data: Any) -> str:
+    """What ``--dry-run`` prints: the resolved plan, nothing started, nothing written."""
+    base = plan.base
+    gpus = f", {plan.gpus_per_trial:g} GPU" if plan.gpus_per_trial else ""
+    concurrent = plan.max_concurrent or "as many as the Ray cluster's resources hold"
+    lines = [
+        f"dry run of sweep {plan.name} (nothing started, nothing written)",
+        f"results: {plan.directory}",
+        f"data: {plan.data_source}" + (" (built-in demo set, not real data)" if plan.data_is_demo else ""),
+        f"trials: {plan.num_samples}, search {plan.search_alg}, scheduler {plan.scheduler}, "
+        f"objective {','.join(f'{o} ({m})' for o, m in zip(plan.objective, plan.modes, strict=True))}",
+        f"epochs: {base['epochs']} (ASHA time axis: {plan.max_t} main epochs)",
+        f"resources per trial: {plan.cpus_per_trial:g} CPU{gpus}; concurrent trials: {concurrent}",
+        f"variants ({len(plan.variant_objs)}):",
+        *(f"  {v.preset or '-'}: {v.name}" for v in plan.variant_objs),
+        "searched:" if plan.param_objs else "searched: nothing (fixed hyperparameters)",
+        *(f"  {p.name}: {p.describe()}" for p in plan.param_objs),
+        "data sizes (train / dev / calibration examples):",
+        *(
+            f"  {name}: {len(s.train)} / {len(s.dev)} / {len(s.calib)}"
+            for name, s in data.splits.items()
+        ),
+    ]
+    lines += [f"note: {note}" for note in plan.notes]
+    return "\n".join(lines)
 
 
 def resumed(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Plan, Any]:

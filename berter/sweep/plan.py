@@ -36,6 +36,7 @@ from berter.sweep.space import (
     space_size,
     with_epoch_bound,
 )
+from berter.sweep.tracking import parse_tracking
 
 if TYPE_CHECKING:  # berter.variants imports the exit methods (torch): not before Ray starts
     from berter.variants import Variant
@@ -77,6 +78,7 @@ class Plan:
     grace_period: int = 1  # ASHA
     reduction_factor: float | None = None  # ASHA; None: berter.sweep.searcher.reduction_factor
     callbacks: list[str] = field(default_factory=list)  # --callback: TrainerCallback paths
+    tracking: list[str] = field(default_factory=list)  # berter.sweep.tracking specs
 
     @property
     def variant_objs(self) -> list[Variant]:
@@ -218,6 +220,7 @@ def _resolve_plan(
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
         callbacks=list(args.callback or []),
+        tracking=parse_tracking(args.tracking),
     )
     return plan, data
 
@@ -348,11 +351,19 @@ def _max_t(base: Config, hyper: list[Param], epochs: int, variants: list[Variant
 
 
 def _check_model(model: str) -> int:
-    """Load the backbone's config and tokenizer (cheap) so a bad --model fails before Ray."""
+    """Load the backbone's config and tokenizer (cheap) so a bad --model fails before Ray; import
+    the model code too, so an incompatible transformers is one line here, not an ImportError in
+    every trial."""
     from transformers import AutoConfig
 
     from berter.config import DEFAULT_MODEL
     from berter.data.encode import get_tokenizer, packaged_model_path
+    from berter.model.families import check_model_type
+
+    try:
+        import berter.model.multi_exit  # noqa: F401  (what every trial imports first)
+    except ImportError as exc:
+        raise ConfigError(f"the installed packages cannot run the model: {first_line(exc)}") from None
 
     path = packaged_model_path() if model == DEFAULT_MODEL else model
     looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/")
@@ -362,8 +373,7 @@ def _check_model(model: str) -> int:
         cfg = AutoConfig.from_pretrained(path)
     except Exception as exc:
         raise ConfigError(f"cannot load model {model!r}: {first_line(exc)}") from None
-    if not hasattr(cfg, "num_hidden_layers"):
-        raise ConfigError(f"model {model!r} is not a BERT-style encoder")
+    check_model_type(cfg, model)
     get_tokenizer(model)
     return int(cfg.num_hidden_layers)
 

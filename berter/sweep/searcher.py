@@ -95,7 +95,9 @@ class NoRepeatOptunaSearch(OptunaSearch):
             params = self._ask(trial_id)
             if config_key(params) not in self._seen:
                 break
-            self._ot_study.tell(self._ot_trials.pop(trial_id), state=optuna.trial.TrialState.FAIL)
+            repeat = self._ot_trials.pop(trial_id)
+            repeat.set_user_attr("berter", "repeat proposal, not run")  # so the stored study says why
+            self._ot_study.tell(repeat, state=optuna.trial.TrialState.FAIL)
         else:
             if self._points is None:  # a continuous space: a repeat is all but impossible
                 raise RuntimeError("the sampler keeps proposing configurations already run")
@@ -147,8 +149,11 @@ def make_searcher(
     seed: int,
     num_samples: int,
     points_to_evaluate: list[dict[str, Any]] | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
 ) -> NoRepeatOptunaSearch:
-    """The searcher a sweep runs: TPE (``optuna``) or Optuna's random sampler."""
+    """The searcher a sweep runs: TPE (``optuna``) or Optuna's random sampler, writing its
+    study to ``storage`` under ``study_name`` (berter.sweep.study) when given."""
     if algorithm == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
     else:
@@ -161,4 +166,6 @@ def make_searcher(
         mode=mode,
         sampler=sampler,
         points_to_evaluate=points_to_evaluate,
+        storage=storage,
+        study_name=study_name,
     )

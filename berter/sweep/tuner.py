@@ -83,14 +83,20 @@ def default_concurrency(plan: Plan) -> int:
 
 
 def build_tuner(
-    plan: Plan, data: Any, extra_callbacks: list | None = None, resume: bool = False
+    plan: Plan,
+    data: Any,
+    extra_callbacks: list | None = None,
+    resume: bool = False,
+    retry_errored: bool = False,
 ) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from berter.sweep import study
     from berter.sweep.searcher import asha, make_searcher
+    from berter.sweep.tracking import tracking_callbacks
     from berter.sweep.trainable import TrialSpec, trainable_with_resources
     from berter.sweep.writer import ResultsWriter
 
@@ -100,8 +106,8 @@ def build_tuner(
     if resume:
         from ray.tune import Tuner
 
-        return Tuner.restore(
-            plan.storage, trainable=trainable, resume_unfinished=True, resume_errored=False
+        return Tuner.restore(  # errored trials: left as they are, or started again from scratch
+            plan.storage, trainable=trainable, resume_unfinished=True, restart_errored=retry_errored
         )
 
     single = len(plan.objective) == 1
@@ -119,6 +125,8 @@ def build_tuner(
         points_to_evaluate=round_robin_points(names, plan.num_samples)
         if plan.round_robin
         else None,
+        storage=study.storage(plan.directory),
+        study_name=plan.name,
     )
     limit = plan.max_concurrent or default_concurrency(plan)
     if plan.scheduler == "asha":
@@ -142,7 +150,13 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=RAY_DIR,
             storage_path=plan.directory,
-            callbacks=[writer, JsonLoggerCallback(), CSVLoggerCallback(), *(extra_callbacks or [])],
+            callbacks=[
+                writer,
+                JsonLoggerCallback(),
+                CSVLoggerCallback(),
+                *tracking_callbacks(plan.tracking, plan.name),
+                *(extra_callbacks or []),
+            ],
             checkpoint_config=tune.CheckpointConfig(  # the trial asks for one per epoch
                 num_to_keep=1,
                 checkpoint_score_attribute="dev_score",
@@ -178,7 +192,9 @@ def human_bytes(n: float) -> str:
 
 
 def summary(plan: Plan) -> tuple[str, bool]:
-    """The end-of-sweep text (best trials or Pareto front) and whether the sweep finished."""
+    """The end-of-sweep text (best trials or Pareto front) and whether the sweep succeeded:
+    every trial done and at least one finished with a score (a sweep whose every trial errored
+    or diverged did not)."""
     import pandas as pd
 
     from berter.sweep.store import pareto_front, read_results
@@ -211,18 +227,32 @@ def summary(plan: Plan) -> tuple[str, bool]:
             )
             lines.append(f"best trials by {plan.objective[0]}:")
             lines.append(best[cols].to_string(index=False))
+    failed = {s: int((trials.status == s).sum()) for s in ("error", "diverged")}
+    if any(failed.values()):
+        lines.append(f"failed: {failed['error']} errored, {failed['diverged']} diverged"
+                     + (f"; retry the errored with: python sweeps/run.py --resume --retry-errored"
+                        f" --name {plan.name}" if failed["error"] else ""))  # fmt: skip
+    if not len(ok):
+        lines.append("no trial finished with a score")
     lines.append(f"results: {plan.directory}/{{trials,epochs,exits}}.parquet")
     # one checkpoint per trial (two while the best epoch is not the latest): bounded on disk
     lines.append(f"disk: {human_bytes(disk_usage(plan.directory))} in {plan.directory}")
     if not finished:
         lines.append(f"unfinished; continue with: python sweeps/run.py --resume --name {plan.name}"
                      + (f" --results {Path(plan.directory).parent}" if "://" not in plan.directory else ""))  # fmt: skip
-    return "\n".join(lines), finished
+    return "\n".join(lines), finished and len(ok) > 0
 
 
 def run(
-    plan: Plan, data: Any, *, resume: bool, address: str | None, callbacks: list | None = None
+    plan: Plan,
+    data: Any,
+    *,
+    resume: bool,
+    address: str | None,
+    callbacks: list | None = None,
+    retry_errored: bool = False,
 ) -> int:
+    """Run (or resume) the sweep; exit status 0 when it succeeded (``summary``), else 1."""
     from ray.tune import Tuner
 
     from berter.sweep.store import Store
@@ -235,9 +265,12 @@ def run(
         store.write_bytes(SWEEP_FILE, plan.to_json().encode())
     quiet_ray()
     start_ray(address)
-    tuner = build_tuner(plan, data, callbacks, resume=restorable)
+    tuner = build_tuner(plan, data, callbacks, resume=restorable, retry_errored=retry_errored)
     started = time.perf_counter()
     tuner.fit()
+    from berter.sweep.study import publish
+
+    publish(plan.directory)
     text, finished = summary(plan)
     print(f"sweep {plan.name} took {time.perf_counter() - started:.0f}s")
     print(text)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import BertModel
+from transformers import PreTrainedModel
 
 from berter.config import Config
 from berter.data.encode import (
@@ -99,7 +99,7 @@ class TrainingRun:
         cfg: Config,
         data: MultitaskData | None = None,
         *,
-        backbone: BertModel | None = None,
+        backbone: PreTrainedModel | None = None,
         tokenizer: Any = None,
         device: torch.device | str | None = None,
         callbacks: Iterable[TrainerCallback] = (),

@@ -12,7 +12,10 @@ public reference implementations (mt-dnn, smart-pytorch):
    ``mt_dnn/perturbation.py`` ``SmartPerturbation.forward`` draws the noise and steps it;
    smart-pytorch's README BERT example perturbs ``model.bert.embeddings(...)`` likewise.
    Every pair layout is perturbed the same way: a packed pair, the two separately embedded
-   halves of an ``after_embed`` pair, and both sentences of a siamese pair;
+   halves of an ``after_embed`` pair, and both sentences of a siamese pair. On ALBERT and
+   ELECTRA the embedding module's output is narrower than the encoder and is perturbed
+   there, before the projection into the encoder's width, as mt-dnn perturbs the output of
+   ``self.bert.embeddings`` whatever the encoder (``model.embed``, berter.model.families);
 2. ``smart_steps`` ascent steps each take the gradient of the divergence between perturbed and
    (detached) clean outputs w.r.t. the noise, add ``smart_step`` times it, and rescale every
    token's noise by its infinity norm (``_norm_grad`` in ``mt_dnn/perturbation.py``,
