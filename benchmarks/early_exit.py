@@ -59,7 +59,9 @@ from berter.exits.engine import measure_speedup  # noqa: E402
 from berter.exits.rules import build_exit_method  # noqa: E402
 from berter.sweep.space import parse_settings  # noqa: E402
 from berter.tasks import metric_column  # noqa: E402
-from berter.train.run import Evaluation, TrainingRun  # noqa: E402
+from berter.train.callbacks import EpochLog  # noqa: E402
+from berter.train.evaluate import Evaluation  # noqa: E402
+from berter.train.run import TrainingRun  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 METHODS = ("confidence", "entropy", "lte", "patience", "qexit")
@@ -94,7 +96,8 @@ def train(method: str, args: argparse.Namespace, s: dict) -> TrainingRun:
         **s["set"],
         **tolerance(args),
     )
-    run = TrainingRun(cfg, log=lambda m: print(f"  [{method}] {m}", file=sys.stderr, flush=True))
+    log = EpochLog(lambda m: print(f"  [{method}] {m}", file=sys.stderr, flush=True))
+    run = TrainingRun(cfg, callbacks=[log])
     run.fit()
     return run
 

@@ -39,7 +39,8 @@ from berter.checkpoint import run_from_checkpoint  # noqa: E402
 from berter.errors import ArgumentParser, ConfigError, one_line_errors, positive_int  # noqa: E402
 from berter.metrics import dev_score, task_metric  # noqa: E402
 from berter.tasks import Task  # noqa: E402
-from berter.train.run import Evaluation, TrainingRun  # noqa: E402
+from berter.train.evaluate import Evaluation  # noqa: E402
+from berter.train.run import TrainingRun  # noqa: E402
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
 

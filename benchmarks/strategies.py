@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from berter.config import Config  # noqa: E402
 from berter.errors import ArgumentParser, one_line_errors, positive_float, positive_int  # noqa: E402
+from berter.train.callbacks import EpochLog  # noqa: E402
 from berter.train.run import train_and_evaluate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             **RUNS[label],
         )
         start = time.perf_counter()
-        result = train_and_evaluate(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+        result = train_and_evaluate(cfg, callbacks=[EpochLog()])
         row = {"label": label, **result, "wall_seconds": time.perf_counter() - start}
         rows.append(row)
         with out.open("a") as f:

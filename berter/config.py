@@ -12,7 +12,7 @@ import functools
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from berter.errors import ConfigError
@@ -113,7 +113,6 @@ class Config:
     num_threads: int | None = None
     compile: bool = False
     amp: bool = True  # on CUDA: autocast to bf16 where supported, else fp16 with a GradScaler
-    test_fault: str | None = field(default=None, repr=False)  # test-only fault injection
 
     # ------------------------------------------------------------------
     @classmethod

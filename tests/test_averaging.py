@@ -5,8 +5,14 @@ from tiny import straight_and_resumed, tiny_backbone, tiny_config
 from berter.errors import ConfigError
 from berter.sweep.space import parse_search, parse_settings
 from berter.sweep.trainable import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from berter.train.averaging import WeightAverage
+from berter.train.averaging import WeightAverage, WeightAveraging
 from berter.train.run import TrainingRun
+
+
+def average_of(run: TrainingRun) -> WeightAverage:
+    """The run's weight average (its WeightAveraging callback's)."""
+    (callback,) = [c for c in run.callbacks if isinstance(c, WeightAveraging)]
+    return callback.average
 
 
 def params(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -63,9 +69,9 @@ def test_training_with_ema_follows_the_same_path_and_evaluates_the_average():
     plain.fit()
     report = ema.fit()
     steps = sum(len(ema.epoch_batches(e)) for e in range(2))
-    assert int(ema.average.averaged.n_averaged) == steps
+    assert int(average_of(ema).averaged.n_averaged) == steps
     # the raw weights (now in the average's copy) are exactly the plain run's
-    assert same(plain.model, ema.average.averaged.module)
+    assert same(plain.model, average_of(ema).averaged.module)
     # the model holds the average, and that is what was scored
     assert not same(plain.model, ema.model)
     assert ema.evaluate("dev").dev_score == report.metrics["dev_score"]
@@ -74,7 +80,7 @@ def test_training_with_ema_follows_the_same_path_and_evaluates_the_average():
 def test_resuming_with_ema_matches_an_uninterrupted_run(tmp_path):
     straight, resumed = straight_and_resumed(tiny_config(epochs=2, ema_decay=0.9), tmp_path)
     assert same(straight.model, resumed.model)
-    assert same(straight.average.averaged.module, resumed.average.averaged.module)
+    assert same(average_of(straight).averaged.module, average_of(resumed).averaged.module)
 
 
 def test_last_epoch_checkpoint_keeps_the_averaged_weights_only(tmp_path):

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from faults import FAULT_ENV
 
 import berter.sweep.plan
 import berter.sweep.tuner
 from berter.errors import first_line
 from berter.sweep.cli import main as sweep_main
 from berter.sweep.plan import SWEEP_FILE
-from berter.sweep.trainable import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {
@@ -237,6 +237,14 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         "nothing to resume",
     ),
     "bad sweep name": (lambda t: demo(t, "--name", "../escape"), "--name '../escape'"),
+    "callback module not importable": (
+        lambda t: demo(t, "--callback", "no_such_module_xyz:Hook"),
+        "--callback no_such_module_xyz:Hook: cannot import no_such_module_xyz",
+    ),
+    "callback not a TrainerCallback": (
+        lambda t: demo(t, "--callback", "argparse:ArgumentParser"),
+        "not a subclass of berter.train.callbacks.TrainerCallback",
+    ),
 }
 # Run as real processes (seconds each: torch and Ray imports): data, variants, resume.
 SUBPROCESS = {
@@ -294,10 +302,13 @@ def test_the_catalogue_covers_at_least_fifteen_inputs():
 
 
 @pytest.mark.usefixtures("no_early_ray")
-def test_malformed_test_fault_variable_is_a_user_error(tmp_path, capsys, monkeypatch):
+def test_a_callback_that_fails_to_build_is_a_user_error(tmp_path, capsys, monkeypatch):
+    """The test-only fault injector rejects a malformed BERTER_TEST_FAULT when the sweep
+    builds it as a check: one line, before any trial starts."""
     monkeypatch.setenv(FAULT_ENV, "raise@2,explode@1")
     before = snapshot(tmp_path)
-    assert sweep_main(demo(tmp_path, "--max-train", "8")) == 2
+    argv = demo(tmp_path, "--max-train", "8", "--callback", "faults:FaultInjector")
+    assert sweep_main(argv) == 2
     captured = capsys.readouterr()
     check_one_line(2, captured.out, captured.err, "bad entry 'explode@1'")
     assert snapshot(tmp_path) == before

@@ -22,7 +22,7 @@ from berter.exits.rules import EXIT_METHODS, QExit, build_exit_method
 from berter.model.losses import task_loss
 from berter.model.multi_exit import ExitOutput, MultiExitBert
 from berter.tasks import TASKS, Example
-from berter.train.run import Evaluation, TaskEval
+from berter.train.evaluate import Evaluation, TaskEval
 
 SST, PARA, STS = TASKS["sst"], TASKS["para"], TASKS["sts"]
 

@@ -291,7 +291,7 @@ def test_albert_shared_group_trains_at_the_top_layers_rate_under_layer_lr_decay(
     """It is the top virtual layer too; the embeddings (and the projection) decay ** L."""
     cfg = tiny_config(max_train=8, layer_lr_decay=0.5)
     run = TrainingRun(cfg, data, backbone=tiny_family("albert", layers=3))
-    scales = run.lr_scales()
+    scales = run.model.layer_lr_scales(cfg.layer_lr_decay)
     assert {scales[id(p)] for p in run.model.layer_parameters(0)} == {1.0}
     assert {scales[id(p)] for p in run.model.embedding_parameters()} == {0.5**3}
 

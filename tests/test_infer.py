@@ -10,7 +10,7 @@ from transformers import BertConfig, BertModel
 from berter.checkpoint import load_model, load_tokenizer, run_from_checkpoint, save_model
 from berter.errors import DataError
 from berter.exits.base import ExitContext
-from berter.exits.calibration import thresholds_from_metrics
+from berter.exits.calibration import operating_point, thresholds_from_metrics
 from berter.exits.engine import measure_speedup, prepare, run_exits, sample, speed_metrics
 from berter.infer import main
 from berter.train.run import TrainingRun
@@ -308,7 +308,7 @@ def test_cli_method_override_needs_its_module_and_a_threshold(tmp_path, capsys):
 
 def test_a_per_layer_run_reports_times_and_saves_its_layer_thresholds(tmp_path):
     run = make_run(exit_method="confidence", exit_per_layer=True, exit_tolerance=0.5)
-    row = run.exit_metrics(run.evaluate("dev"))
+    row = operating_point(run, run.evaluate("dev"))
     row.update(speed_metrics(run, thresholds_from_metrics(row, list(run.cfg.tasks)), 4))
     layered = row["para_layer_thresholds"]
     assert len(layered) == run.model.num_layers - 1 and not all(map(math.isnan, layered))

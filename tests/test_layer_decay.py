@@ -83,3 +83,17 @@ def test_layer_decay_is_searchable_and_settable_by_its_short_name():
     assert param.field == "layer_lr_decay" and param.high == 1.0  # the search can turn it off
     assert parse_settings(["layer_decay=0.9"], []) == {"layer_lr_decay": 0.9}
     assert parse_settings(["layer_lr_decay=0.9"], []) == {"layer_lr_decay": 0.9}
+
+
+def test_the_model_builds_its_own_parameter_groups_with_the_exit_modules_rate():
+    """nanoGPT's configure_optimizers shape: the groups come from the model, the exit module's
+    rate from the caller (the exit method sits in a layer above the model)."""
+    run = TrainingRun(tiny_config(exit_method="lte", strategy="joint"), backbone=tiny_backbone())
+    model = run.model
+    groups = model.parameter_groups(1e-3, 0.01, layer_lr_decay=0.5, exit_module_lr=7e-4)
+    own = {id(p) for p in model.exit_module.parameters()}
+    (module_group,) = [g for g in groups if {id(p) for p in g["params"]} == own]
+    assert module_group["lr"] == 7e-4 and module_group["weight_decay"] == 0.0
+    placed = [id(p) for g in groups for p in g["params"]]
+    assert sorted(placed) == sorted(id(p) for p in model.parameters())  # each exactly once
+    assert model.parameter_groups(1e-3, 0.01)[-1]["lr"] == 1e-3  # no rate of its own: lr

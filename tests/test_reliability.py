@@ -1,7 +1,9 @@
 """Sweeps survive a killed driver, failing trials and a lost worker node without losing results.
 
 Real processes throughout: ``sweeps/run.py`` killed with SIGKILL and resumed, trials that
-raise or diverge (``BERTER_TEST_FAULT``), a Ray worker node killed in the middle of a trial.
+raise or diverge, a Ray worker node killed in the middle of a trial. Faults come from the
+test-only callback ``--callback faults:FaultInjector`` (tests/faults.py, driven by
+``BERTER_TEST_FAULT``); tests/ is on ``PYTHONPATH`` of every process that may run a trial.
 While a sweep runs, the test reads its Parquet files with pandas, as a user watching it
 would; every read must succeed. A tiny random backbone and a few dozen demo examples keep
 each trial to about a second, so the time is mostly Ray's and torch's start-up.
@@ -28,29 +30,34 @@ import pytest
 import ray
 import torch
 import yaml
+from faults import FAULT_DIR_ENV, FAULT_ENV
 from ray import tune
 from tiny import tiny_config
 
 from berter.config import AXES
-from berter.errors import ConfigError
 from berter.sweep.cli import main as sweep_main
 from berter.sweep.searcher import make_searcher
 from berter.sweep.space import parse_search
 from berter.sweep.store import FILES, read_results
-from berter.sweep.trainable import (
-    CHECKPOINT_FILE,
-    FAULT_DIR,
-    FAULT_ENV,
-    TrialSpec,
-    claim_fault,
-    faults_from_env,
-)
+from berter.sweep.trainable import CHECKPOINT_FILE, TrialSpec
 from berter.sweep.writer import ResultsWriter
 from berter.variants import Variant
 
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 POLL_S = 0.2
 SWEEP_TIMEOUT_S = 240  # generous: the machine may be shared
+INJECT = ("--callback", "faults:FaultInjector")
+
+
+def python_path() -> str:
+    """PYTHONPATH with tests/ first, so that a driver and its Ray workers import ``faults``."""
+    return os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def faults(entries: str, claims: Path) -> dict[str, str]:
+    """The environment that makes FaultInjector inject ``entries``, claimed in ``claims``."""
+    return {FAULT_ENV: entries, FAULT_DIR_ENV: str(claims), "PYTHONPATH": python_path()}
 
 
 def sweep_args(model: str, results: Path, name: str, *extra: str) -> list[str]:
@@ -70,7 +77,7 @@ class Driver:
         with log.open("w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "sweeps/run.py", *argv],
-                cwd=ROOT, env={**os.environ, **env}, stdout=out,
+                cwd=ROOT, env={**os.environ, "PYTHONPATH": python_path(), **env}, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
@@ -149,9 +156,10 @@ def test_killed_driver_resumes_every_trial_once_without_retraining_finished_ones
     sweep_dir = tmp_path / "killed"
     poller = Poller(sweep_dir)
     argv = sweep_args(tiny_model, tmp_path, "killed", "--num-samples", "3", "--epochs", "2",
-                      "--max-concurrent", "1")  # fmt: skip
+                      "--max-concurrent", "1", *INJECT)  # fmt: skip
     # the second trial to start stalls after checkpointing epoch 1: the driver dies there
-    with Driver(argv, {FAULT_ENV: "none,stall@1"}, tmp_path / "first.log") as first:
+    env = faults("none,stall@1", tmp_path / "claims")
+    with Driver(argv, env, tmp_path / "first.log") as first:
 
         def second_trial_stalled(t: dict) -> bool:
             return (
@@ -210,18 +218,20 @@ def faulty_sweep(tiny_model, tmp_path_factory):
     start only (a transient fault), the fourth is fine."""
     results = tmp_path_factory.mktemp("faulty")
     argv = sweep_args(tiny_model, results, "faulty", "--num-samples", "4", "--epochs", "2",
-                      "--max-concurrent", "1", "--max-failures", "1")  # fmt: skip
+                      "--max-concurrent", "1", "--max-failures", "1", *INJECT)  # fmt: skip
     Recorder.events = []
     out = io.StringIO()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
-            mp.setenv(FAULT_ENV, "raise@2,nan@1,raise@2:once")
-            rc = sweep_main(argv, callbacks=[Recorder()])
-    finally:
-        ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in faults("raise@2,nan@1,raise@2:once", results / "claims").items():
+            mp.setenv(name, value)  # before Ray starts: its workers inherit this environment
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            with contextlib.redirect_stdout(out):
+                rc = sweep_main(argv, callbacks=[Recorder()])
+        finally:
+            ray.shutdown()
     directory = results / "faulty"
-    claims = [(directory / FAULT_DIR / f"trial-{k}").read_text() for k in range(3)]
+    claims = [(results / "claims" / f"trial-{k}").read_text() for k in range(3)]
     tables = read_results(directory)
     fine = [t for t in tables["trials"].trial_id if t not in claims]
     roles = dict(zip(["raises", "diverges", "transient", "fine"], [*claims, *fine], strict=True))
@@ -242,7 +252,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(faulty_sweep):
     roles = faulty_sweep["roles"]
     raised = trials.loc[roles["raises"]]
     assert raised.status == "error" and raised.epochs_done == 1
-    assert raised.error == "RuntimeError: injected fault in epoch 2 (test_fault)"
+    assert raised.error == "RuntimeError: injected fault in epoch 2 (FaultInjector)"
     assert raised.dev_score > 0  # the finished epoch's metrics are kept
     assert retries(roles["raises"]) == 1  # --max-failures 1: retried once, failed again
     diverged = trials.loc[roles["diverges"]]
@@ -259,20 +269,22 @@ def test_a_sweep_whose_every_trial_fails_exits_1_and_retry_errored_runs_them_aga
     tiny_model, tmp_path, capsys
 ):
     argv = sweep_args(tiny_model, tmp_path, "doomed", "--num-samples", "2", "--epochs", "1",
-                      "--max-concurrent", "1")  # fmt: skip
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(FAULT_ENV, "raise@1,raise@1")
+                      "--max-concurrent", "1", *INJECT)  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        # before Ray starts: its workers inherit this environment, for the resume too
+        for name, value in faults("raise@1:once,raise@1:once", tmp_path / "claims").items():
+            mp.setenv(name, value)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
             assert sweep_main(argv) == 1
             out = capsys.readouterr().out
             assert "failed: 2 errored, 0 diverged" in out and "no trial finished" in out
-        # the retry: both errored trials start again from scratch (without --retry-errored
-        # a resume leaves them errored), now without faults
-        resume = ["--resume", "--retry-errored", "--name", "doomed", "--results", str(tmp_path)]
-        assert sweep_main(resume) == 0
-    finally:
-        ray.shutdown()
+            # the retry: both errored trials start again from scratch (without
+            # --retry-errored a resume leaves them errored); their ":once" faults are spent
+            resume = ["--resume", "--retry-errored", "--name", "doomed", "--results", str(tmp_path)]
+            assert sweep_main(resume) == 0
+        finally:
+            ray.shutdown()
     trials = read_results(tmp_path / "doomed")["trials"]
     assert sorted(trials.status) == ["terminated", "terminated"] and trials.error.isna().all()
 
@@ -408,15 +420,17 @@ class LocalCluster:
 @pytest.mark.slow
 def test_lost_worker_node_reschedules_the_trial_from_its_checkpoint(tiny_model, tmp_path):
     cluster = LocalCluster()
+    # the trial runs on a worker node, whose processes inherit the node's environment, not the
+    # driver's: the fault goes to every node. It stalls after checkpointing epoch 1.
+    cluster.env.update(faults("stall@1", tmp_path / "claims"))
     try:
         cluster.start_node(head=True)
         worker = cluster.start_node()
         sweep_dir = tmp_path / "lost"
         poller = Poller(sweep_dir)
         argv = sweep_args(tiny_model, tmp_path, "lost", "--num-samples", "1", "--epochs", "2",
-                          "--max-failures", "2", "--address", cluster.address)  # fmt: skip
-        env = {**cluster.env, FAULT_ENV: "stall@1"}  # stalls after checkpointing epoch 1
-        with Driver(argv, env, tmp_path / "driver.log") as driver:
+                          "--max-failures", "2", "--address", cluster.address, *INJECT)  # fmt: skip
+        with Driver(argv, cluster.env, tmp_path / "driver.log") as driver:
             before = poller.until(
                 lambda t: "epochs" in t and len(t["epochs"]) == 1 and snapshot_is_current(sweep_dir),
                 driver,
@@ -460,18 +474,6 @@ def test_rows_of_trials_unknown_to_the_restored_experiment_are_dropped(tmp_path)
     assert tables["epochs"].trial_id.tolist() == ["known"]
     resumed.on_step_begin(1, [])  # only the first step after a restore prunes
     assert read_results(tmp_path)["trials"].trial_id.tolist() == ["known"]
-
-
-def test_faults_are_claimed_once_each_in_start_order(tmp_path, monkeypatch):
-    monkeypatch.setenv(FAULT_ENV, "raise@2, none ,nan@1:once")
-    faults = faults_from_env()
-    spec = TrialSpec({}, [], faults=faults, fault_dir=str(tmp_path / FAULT_DIR))
-    assert [claim_fault(spec, t) for t in ("a", "b", "c", "d")] == ["raise@2", None, "nan@1", None]
-    # restarts: a persistent fault fires again, a ":once" fault is spent
-    assert claim_fault(spec, "a") == "raise@2" and claim_fault(spec, "c") is None
-    monkeypatch.setenv(FAULT_ENV, "raise@0")
-    with pytest.raises(ConfigError, match="bad entry 'raise@0'"):
-        faults_from_env()
 
 
 # ----------------------------------------------------------------------------- 6. safe loading

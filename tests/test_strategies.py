@@ -233,11 +233,11 @@ def test_smart_alt_state_survives_a_checkpoint(data):
     assert resumed.strategy.step(2, 0, 5).exits == (0, 1, 2)
 
 
-def test_smart_alt_switch_is_driven_by_the_training_loop(data):
+def test_smart_alt_switch_is_driven_by_the_training_loop(data, monkeypatch):
     run = make_run(data, strategy="smart_alt", epochs=2)
     scores = iter([0.6, 0.3])
     run.evaluate = lambda split="dev": _FakeEval(next(scores))
-    run.metrics = lambda dev: {"dev_score": dev.dev_score}
+    monkeypatch.setattr("berter.train.run.metric_row", lambda run, dev: {"dev_score": dev.dev_score})
     run.fit()
     assert run.strategy.state_dict() == {"objective": "all", "best": 0.6}
 

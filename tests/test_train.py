@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import FaultInjector
 from tiny import SHARED_DATA, tiny_backbone, tiny_config
 
 from berter.train.cli import main
@@ -133,7 +134,9 @@ def test_resuming_from_a_state_dict_matches_an_uninterrupted_run():
 
 
 def test_a_non_finite_loss_is_reported_as_diverged_and_stops_training():
-    run = TrainingRun(tiny_config(epochs=3, test_fault="nan@1"), backbone=tiny_backbone())
+    run = TrainingRun(
+        tiny_config(epochs=3), backbone=tiny_backbone(), callbacks=[FaultInjector("nan@1")]
+    )
     report = run.fit()
     assert report.metrics["diverged"] and run.epoch == 1
 
@@ -178,7 +181,7 @@ def test_training_reads_tensors_on_the_host_a_fixed_number_of_times_per_epoch(
 
 def test_evaluation_reads_tensors_on_the_host_a_fixed_number_of_times_per_task(monkeypatch):
     """Outputs stay on the device until a task's last batch: more batches, the same reads."""
-    monkeypatch.setattr("berter.train.run.EVAL_BATCH", 4)
+    monkeypatch.setattr("berter.train.evaluate.EVAL_BATCH", 4)
 
     def reads(max_dev: int) -> int:
         run = TrainingRun(tiny_config(max_dev=max_dev), backbone=tiny_backbone())

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from faults import FaultInjector
 from tiny import tiny_backbone, tiny_config
 
 from berter.checkpoint import STATE_FILE, WEIGHTS_FILE, load_model
@@ -20,6 +21,7 @@ from berter.sweep.trainable import (
     save_checkpoint,
     to_plain,
 )
+from berter.train.callbacks import TrainerCallback
 from berter.train.run import TrainingRun
 from berter.variants import Variant
 
@@ -121,8 +123,8 @@ def test_epoch_result_counts_main_epochs_without_the_slf_warmup():
     run = TrainingRun(
         tiny_config(epochs=1, **{**SLF_ALT, "strategy": "joint"}), backbone=tiny_backbone()
     )
-    rows = []
-    run.fit(lambda rep: rows.append(epoch_result(run, rep, run.strategy.num_epochs)))
+    run.fit()
+    rows = [epoch_result(run, rep, run.strategy.num_epochs) for rep in run.history]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert [r["main_epoch"] for r in rows] == [0, 1]  # the SLF epoch is not an ASHA step
     assert rows[0]["phase"] == "slf" and rows[-1]["epochs_planned"] == 2
@@ -130,9 +132,11 @@ def test_epoch_result_counts_main_epochs_without_the_slf_warmup():
 
 
 def test_diverged_flag_is_reported():
-    run = TrainingRun(tiny_config(epochs=2, test_fault="nan@1"), backbone=tiny_backbone())
-    rows = []
-    run.fit(lambda rep: rows.append(epoch_result(run, rep, 2)))
+    run = TrainingRun(
+        tiny_config(epochs=2), backbone=tiny_backbone(), callbacks=[FaultInjector("nan@1")]
+    )
+    run.fit()
+    rows = [epoch_result(run, rep, 2) for rep in run.history]
     assert len(rows) == 1 and rows[0]["diverged"] is True  # fit stops after a non-finite loss
 
 
@@ -143,11 +147,13 @@ def test_config_defaults_are_the_single_source_for_unsearched_values():
 
 
 # ----------------------------------------------------------------------------- Trial
-def make_trial(model: str, measure_speedup: bool = False, **base_overrides) -> type[Trial]:
+def make_trial(
+    model: str, measure_speedup: bool = False, callbacks: tuple[str, ...] = (), **base_overrides
+) -> type[Trial]:
     """``Trial`` bound to a trial spec as ``tune.with_parameters`` binds it, but without Ray."""
     variant = Variant(dict(SLF_ALT, slf="off", strategy="joint", exit_method="confidence"))
     values = {**tiny_config(epochs=2, model=model).to_dict(), **base_overrides}
-    spec = TrialSpec(values, [variant], measure_speedup=measure_speedup)
+    spec = TrialSpec(values, [variant], measure_speedup=measure_speedup, callbacks=callbacks)
 
     class Bound(Trial):
         def setup(self, config):
@@ -209,9 +215,34 @@ def test_trial_resumed_mid_run_continues_from_the_checkpointed_epoch(tiny_model,
     assert result["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
 
 
-def test_a_diverged_epoch_ends_the_trial_without_asking_for_a_checkpoint(tiny_model):
-    result = make_trial(tiny_model, test_fault="nan@1")({}).step()
+def test_a_diverged_epoch_ends_the_trial_without_asking_for_a_checkpoint(
+    tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("BERTER_TEST_FAULT", "nan@1")
+    monkeypatch.setenv("BERTER_TEST_FAULT_DIR", str(tmp_path))
+    trial = make_trial(tiny_model, callbacks=("faults:FaultInjector",))({})
+    result = trial.step()
     assert result["diverged"] and result["done"] and "should_checkpoint" not in result
+    assert (tmp_path / "trial-0").read_text() == trial.trial_id  # claimed under its trial id
+
+
+class Stop(TrainerCallback):
+    """Early stopping as a user writes it: stop after the first epoch."""
+
+    def on_evaluate(self, run, report, dev):
+        run.should_stop = True
+
+
+def test_a_trial_runs_the_sweeps_callbacks_and_a_callback_can_end_it_early(tiny_model, tmp_path):
+    cls = make_trial(tiny_model, callbacks=("test_trainable:Stop",))
+    trial = cls({})
+    assert [type(c) for c in trial.group.runs[0].callbacks] == [Stop]
+    result = trial.step()
+    assert result["done"] and result["epoch"] == 1 and result["epochs_planned"] == 2
+    trial.save_checkpoint(str(tmp_path))
+    again = cls({})
+    again.load_checkpoint(str(tmp_path))
+    assert again.step()["done"] and again.group.runs[0].epoch == 1  # restored: stays stopped
 
 
 def test_reset_config_builds_the_next_trial_in_the_same_worker(tiny_model):

@@ -12,6 +12,7 @@ from berter.metrics import predict
 from berter.model.losses import task_loss
 from berter.model.multi_exit import mean_pool
 from berter.tasks import TASKS
+from berter.train.evaluate import eval_task
 from berter.train.run import TrainingRun
 from berter.variants import (
     PAPER_PRESETS,
@@ -263,7 +264,7 @@ def test_siamese_losses_and_predictions(siamese_run):
 def test_paraphrase_threshold_is_calibrated_on_training_data_and_used_on_dev(siamese_run):
     run = siamese_run
     dev = run.evaluate("dev")  # calibrates first
-    calib = run.eval_task(TASKS["para"], run.encoded["para"]["calib"])
+    calib = eval_task(run, TASKS["para"], run.encoded["para"]["calib"])
 
     def accuracy(cos: torch.Tensor, t: float) -> float:
         return float(((cos > t).numpy() == calib.labels).mean())

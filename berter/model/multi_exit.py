@@ -276,6 +276,57 @@ class MultiExitBert(nn.Module):
         """Exit head i's weights for every task."""
         return [p for heads in self.heads.values() for p in heads[i].parameters()]
 
+    def parameter_groups(
+        self,
+        lr: float,
+        weight_decay: float,
+        layer_lr_decay: float = 1.0,
+        exit_module_lr: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups, in nanoGPT's ``configure_optimizers`` shape: the
+        model knows which of its weights are decayed and how fast each layer trains; the
+        caller only builds the optimiser over them.
+
+        Biases, LayerNorm weights and other 1-d tensors get no weight decay. With
+        ``layer_lr_decay`` < 1 encoder layer l of L (1 = lowest) trains at
+        ``layer_lr_decay ** (L - l)`` of ``lr`` and the embeddings at ``** L``; exit heads keep
+        ``lr`` (Zhang et al., *Revisiting Few-sample BERT Fine-tuning*: lower layers hold the
+        more general features, so they move less). The exit method's own module (LTE, Q-exit)
+        is one undecayed group at ``exit_module_lr`` (None: ``lr``); the exit method lives in
+        a layer above the model, so the caller passes its rate. Decayed and undecayed weights
+        stay in separate groups even at ``weight_decay`` 0, so a checkpoint's optimiser state
+        always fits; groups keep the order of ``named_parameters``.
+        """
+        module = self.exit_module
+        own = {id(p) for p in module.parameters()} if module is not None else set()
+        scales = self.layer_lr_scales(layer_lr_decay)
+        by_setting: dict[tuple[bool, float], list[nn.Parameter]] = {}  # (no decay, scale)
+        extra = []
+        for name, p in self.named_parameters():
+            if id(p) in own:
+                extra.append(p)
+                continue
+            no_decay = p.ndim < 2 or "LayerNorm" in name or name.endswith("bias")
+            by_setting.setdefault((no_decay, scales.get(id(p), 1.0)), []).append(p)
+        groups: list[dict[str, Any]] = [
+            {"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr": lr * scale}
+            for (no_decay, scale), params in by_setting.items()
+        ]  # fmt: skip
+        if extra:
+            groups.append({"params": extra, "weight_decay": 0.0, "lr": exit_module_lr or lr})
+        return groups
+
+    def layer_lr_scales(self, decay: float) -> dict[int, float]:
+        """Layer-wise learning-rate decay, by parameter id (absent: the full rate)."""
+        if decay == 1.0:
+            return {}
+        n = self.num_layers
+        scales = {id(p): decay**n for p in self.embedding_parameters()}
+        for i in range(n):
+            scales.update({id(p): decay ** (n - 1 - i) for p in self.layer_parameters(i)})
+        return scales
+
 
 def set_dropout(backbone: PreTrainedModel, p: float) -> None:
     """Apply the configured dropout to the backbone's hidden-state dropouts.

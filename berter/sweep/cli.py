@@ -26,13 +26,14 @@ from berter.sweep.plan import (
     resume_plan,
 )
 from berter.sweep.space import FIXED_ONLY, space_help
+from berter.train.callbacks import build_callbacks
 
 # Options that define a sweep; --resume takes them from sweep.json.
 SWEEP_OPTIONS = (
     "search", "set", "range", "variants", "data_dir", "data", "tasks", "model", "num_samples",
     "epochs", "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
     "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "grace_period",
-    "reduction_factor", "seeds", "tracking",
+    "reduction_factor", "seeds", "callback", "tracking",
 )  # fmt: skip
 
 
@@ -78,6 +79,11 @@ main epochs, so a Sequential Layer Focus warm-up epoch is not compared with full
 other variants. A configuration is never run twice (training is seeded: it would report
 the same scores), and trials ASHA stopped are told to Optuna as pruned. A two-objective
 --objective uses FIFO (ASHA is single-objective) and prints the Pareto front.
+
+Callbacks: --callback package.module:ClassName adds a berter.train.callbacks.TrainerCallback
+subclass to every trial (your own logging, early stopping); it is built in each trial's
+process, so its module must be importable on every Ray worker (PYTHONPATH, or an installed
+package), and once here, as a check, before any trial starts. --resume keeps the callbacks.
 
 Results: <results>/<name>/trials.parquet, epochs.parquet, exits.parquet; --resume continues
 an interrupted sweep from <results>/<name>/ray with the options in its sweep.json."""
@@ -192,6 +198,13 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
         default=0,
         help="retries of a failed trial (a crash, a lost node), each from its last checkpoint",
     )
+    p.add_argument(
+        "--callback",
+        action="append",
+        metavar="MODULE:CLASS",
+        help="a TrainerCallback subclass every trial runs, e.g. mypkg.hooks:EarlyStop "
+        "(repeatable; see below)",
+    )
     return p  # fmt: skip
 
 
@@ -239,7 +252,7 @@ def main(
         else:
             early = not (args.address or args.dry_run)
             plan, data = make_plan(args, alongside=tuner.early_ray(started) if early else None)
-        tuner.injected_faults(plan)
+        build_callbacks(plan.callbacks)  # importable and buildable, before any trial starts
     except BerterError as exc:
         if started:  # nothing ran on it; the error stays the only output
             import ray

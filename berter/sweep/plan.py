@@ -78,6 +78,7 @@ class Plan:
     grace_period: int = 1  # ASHA
     reduction_factor: float | None = None  # ASHA; None: berter.sweep.searcher.reduction_factor
     seeds: int = 1  # training runs per configuration, seed .. seed + seeds - 1 (berter.sweep.seeds)
+    callbacks: list[str] = field(default_factory=list)  # --callback: TrainerCallback paths
     tracking: list[str] = field(default_factory=list)  # berter.sweep.tracking specs
 
     @property
@@ -226,6 +227,7 @@ def _resolve_plan(
         grace_period=args.grace_period,
         reduction_factor=args.reduction_factor,
         seeds=args.seeds,
+        callbacks=list(args.callback or []),
         tracking=parse_tracking(args.tracking),
     )
     return plan, data
@@ -429,7 +431,7 @@ def _gpus_per_trial(args: argparse.Namespace) -> float:
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k != "test_fault"}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 # ----------------------------------------------------------------------------- resume

@@ -92,15 +92,30 @@ class SeedGroup:
     """The ``TrainingRun``s of one configuration, one per seed, trained in lockstep."""
 
     def __init__(
-        self, cfg: Config, data: Any, num_seeds: int, device: Any = None
+        self,
+        cfg: Config,
+        data: Any,
+        num_seeds: int,
+        device: Any = None,
+        callbacks: tuple[str, ...] = (),
+        trial_id: str | None = None,
     ) -> None:
+        """``callbacks``: TrainerCallback paths (``--callback``), built afresh for every run."""
+        from berter.train.callbacks import build_callbacks
         from berter.train.run import TrainingRun
 
         self.runs: list[TrainingRun] = []
         for seed in seeds_of(cfg.seed, num_seeds):
             tokenizer = self.runs[0].tokenizer if self.runs else None
             self.runs.append(
-                TrainingRun(cfg.replace(seed=seed), data, tokenizer=tokenizer, device=device)
+                TrainingRun(
+                    cfg.replace(seed=seed),
+                    data,
+                    tokenizer=tokenizer,
+                    device=device,
+                    callbacks=build_callbacks(callbacks),
+                    trial_id=trial_id,
+                )
             )
 
     @property

@@ -158,9 +158,9 @@ def parse_search(spec: str) -> list[Param]:
 
 # Config fields that --set can fix although they are not searched. Left out: fields with an
 # option of their own (--data-dir, --tasks, --model, --max-*, --seed), the variant axes
-# (--variants), and what a trial decides itself (device, threads) or tests inject.
+# (--variants), and what a trial decides itself (device, threads).
 OWN_OPTION = {"data_dir", "tasks", "model", "max_train", "max_dev", "max_len", "seed"}
-NOT_SETTABLE = {*OWN_OPTION, *AXES, "device", "num_threads", "test_fault"}
+NOT_SETTABLE = {*OWN_OPTION, *AXES, "device", "num_threads"}
 FIXED_ONLY: dict[str, dataclasses.Field] = {
     f.name: f
     for f in dataclasses.fields(Config)

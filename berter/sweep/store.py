@@ -99,7 +99,6 @@ NOT_HYPERPARAMETERS = {
     "seed": "an identity column of its own (a run is one seed of a configuration)",
     "device": "runtime: where the trial ran, chosen per trial",
     "num_threads": "runtime: the trial's CPU share, chosen per trial",
-    "test_fault": "test-only fault injection",
 }
 # Column type per annotated type; a tuple of names is stored comma-joined.
 COLUMN_TYPES: dict[type, pa.DataType] = {int: I64, float: F64, bool: BOOL, str: STR, tuple: STR}

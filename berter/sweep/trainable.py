@@ -13,15 +13,9 @@ epoch and a restarted trial resumes after its last finished epoch. A non-finite 
 loss ends the trial with ``diverged=True`` in its last result; any exception marks the trial
 as errored with its message.
 
-Test-only fault injection (for the reliability tests, never for real sweeps): the driver reads
-``BERTER_TEST_FAULT``, a comma-separated list whose k-th entry applies to the k-th trial to
-start (later trials run normally). An entry is ``none``, ``raise@E`` (an exception in epoch E),
-``nan@E`` (a NaN training loss in epoch E; both are ``Config.test_fault``) or ``stall@E`` (the
-trial sleeps after checkpointing epoch E, before epoch E+1, a window to kill the driver or a
-worker; a trial restored from that checkpoint does not sleep again), optionally
-followed by ``:once`` (only on the trial's first start, i.e. a transient fault that a retry
-from the checkpoint gets past). Trials claim entries through files in ``<sweep>/test-faults``,
-so the results directory must be local (or shared) to the trials.
+The sweep's ``--callback`` classes (``TrialSpec.callbacks``, berter.train.callbacks) are
+imported and built here, in the trial's process, once per trial start; the run tells them
+its trial id (``run.trial_id``).
 """
 
 from __future__ import annotations
@@ -30,8 +24,6 @@ import dataclasses
 import gc
 import json
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,16 +35,11 @@ import torch
 from ray import tune
 
 from berter.config import Config
-from berter.errors import ConfigError
 from berter.variants import Variant
 
 CHECKPOINT_FILE = "state.pt"
 META_FILE = "trial.json"
 SPEEDUP_EXAMPLES = 64  # dev examples per task timed for speedup_wall (cost: seconds)
-FAULT_ENV = "BERTER_TEST_FAULT"
-FAULT_DIR = "test-faults"
-FAULT_RE = re.compile(r"none|(raise|nan|stall)@[1-9][0-9]*(:once)?")
-STALL_SECONDS = 600.0  # long enough to be killed; ends on its own if nobody does
 
 
 @dataclass
@@ -64,8 +51,7 @@ class TrialSpec:
     variants: list[Variant]
     measure_speedup: bool = True
     seeds: int = 1  # training runs per configuration: seed, seed + 1, ... (berter.sweep.seeds)
-    faults: tuple[str, ...] = ()  # test-only, see the module docstring
-    fault_dir: str | None = None
+    callbacks: tuple[str, ...] = ()  # TrainerCallback classes by dotted path (--callback)
     by_name: dict[str, Variant] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,44 +74,6 @@ class TrialSpec:
         values = {**self.base, **self.variant_of(trial_config).axes}
         values.update({k: v for k, v in trial_config.items() if k != "variant"})
         return Config.from_dict(values)
-
-
-# ----------------------------------------------------------------------------- test faults
-def faults_from_env() -> tuple[str, ...]:
-    """The validated entries of ``BERTER_TEST_FAULT`` (empty when it is not set)."""
-    text = os.environ.get(FAULT_ENV, "").strip()
-    entries = tuple(e.strip() for e in text.split(",")) if text else ()
-    bad = [e for e in entries if not FAULT_RE.fullmatch(e)]
-    if bad:
-        raise ConfigError(
-            f"{FAULT_ENV}: bad entry {bad[0]!r}; use none, raise@E, nan@E or stall@E, "
-            "optionally with :once"
-        )
-    return entries
-
-
-def claim_fault(spec: TrialSpec, trial_id: str) -> str | None:
-    """This trial's fault (``raise@E``, ``nan@E``, ``stall@E``) or None.
-
-    The k-th trial to start claims entry k by creating ``trial-<k>`` exclusively (atomic across
-    processes and nodes sharing the directory); a restarted trial finds its own claim again.
-    """
-    if not spec.faults or spec.fault_dir is None:
-        return None
-    root = Path(spec.fault_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for k, entry in enumerate(spec.faults):
-        fault, _, once = entry.partition(":")
-        slot = root / f"trial-{k}"
-        try:
-            with open(slot, "x") as f:
-                f.write(trial_id)
-        except FileExistsError:
-            if slot.read_text() != trial_id:
-                continue
-            return None if once or fault == "none" else fault  # a restart: ":once" is spent
-        return None if fault == "none" else fault
-    return None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -278,17 +226,18 @@ class Trial(tune.Trainable):
         self.setup_started = time.perf_counter()
         spec = self.spec
         cfg = spec.resolve(config)
-        fault = claim_fault(spec, self.trial_id)
-        self.stall_after = None
-        if fault is not None and fault.startswith("stall@"):
-            self.stall_after = int(fault.partition("@")[2])
-        elif fault is not None:
-            cfg = dataclasses.replace(cfg, test_fault=fault)
         self.device, self.cpus = trial_device(self)
         if self.device == "cpu":
             cfg = dataclasses.replace(cfg, num_threads=self.cpus)
             torch.set_num_threads(self.cpus)
-        self.group = SeedGroup(cfg, self.data, spec.seeds, device=self.device)
+        self.group = SeedGroup(
+            cfg,
+            self.data,
+            spec.seeds,
+            device=self.device,
+            callbacks=spec.callbacks,
+            trial_id=self.trial_id,
+        )
         # a resumed trial keeps its first start's time (load_checkpoint overwrites it)
         self.meta: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat()}
         variant = spec.variant_of(config)
@@ -307,8 +256,6 @@ class Trial(tune.Trainable):
             self.setup_seconds = time.perf_counter() - self.setup_started
         if group.finished:  # restored from the final epoch's checkpoint: nothing left to train
             return {**self.meta.get("result", {}), "done": True}
-        if self.report is not None and self.report.epoch == self.stall_after:
-            time.sleep(STALL_SECONDS)  # test fault: epoch E, trained here, is checkpointed by now
         result = group.step(self.train_epoch)
         if result["diverged"]:  # no checkpoint of non-finite weights
             return {**result, "done": True}

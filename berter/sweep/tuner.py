@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from berter.errors import ConfigError
 from berter.sweep.plan import RAY_DIR, SWEEP_FILE, Plan
 from berter.sweep.space import BY_NAME, round_robin_points
 
@@ -98,13 +97,11 @@ def build_tuner(
     from berter.sweep import study
     from berter.sweep.searcher import asha, make_searcher
     from berter.sweep.tracking import tracking_callbacks
-    from berter.sweep.trainable import FAULT_DIR, TrialSpec, trainable_with_resources
+    from berter.sweep.trainable import TrialSpec, trainable_with_resources
     from berter.sweep.writer import ResultsWriter
 
     variants = plan.variant_objs
-    faults = injected_faults(plan)
-    fault_dir = f"{plan.directory}/{FAULT_DIR}" if faults else None
-    spec = TrialSpec(plan.base, variants, faults=faults, fault_dir=fault_dir, seeds=plan.seeds)
+    spec = TrialSpec(plan.base, variants, callbacks=tuple(plan.callbacks), seeds=plan.seeds)
     trainable = trainable_with_resources(data, spec, plan.cpus_per_trial, plan.gpus_per_trial)
     if resume:
         from ray.tune import Tuner
@@ -170,18 +167,6 @@ def build_tuner(
             verbose=0,
         ),
     )
-
-
-def injected_faults(plan: Plan) -> tuple[str, ...]:
-    """BERTER_TEST_FAULT's entries (test-only, see berter.trainable); they need a local results
-    directory, where the trials claim them."""
-    from berter.sweep.store import is_uri
-    from berter.sweep.trainable import FAULT_ENV, faults_from_env
-
-    faults = faults_from_env()
-    if faults and is_uri(plan.directory):
-        raise ConfigError(f"{FAULT_ENV} needs a local --results directory")
-    return faults
 
 
 def disk_usage(directory: str) -> int:

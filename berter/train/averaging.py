@@ -5,7 +5,8 @@ the recent steps is a flatter point and often scores higher on dev. The average 
 ``torch.optim.swa_utils.AveragedModel`` (an EMA update after every optimiser step); between
 epochs it is swapped into the model, so evaluation, exit calibration, checkpoints and
 exported models all see the averaged weights, and the raw ones are swapped back before the
-next epoch trains.
+next epoch trains. :class:`WeightAveraging` does this around the training loop as a
+callback (``cfg.ema_decay`` > 0 adds it to every run).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from berter.train.callbacks import EpochReport, Run, TrainerCallback
 
 
 class WeightAverage:
@@ -57,3 +60,32 @@ class WeightAverage:
         """Load after the model's own weights, so that the two copies pair up as they were."""
         self.averaged.load_state_dict(state["averaged"])
         self.swapped = bool(state["swapped"])
+
+
+class WeightAveraging(TrainerCallback):
+    """The EMA as a training callback: raw weights while an epoch trains, the average after.
+
+    Its state (the average, and which copy the model holds) is the checkpoint's ``average``
+    entry; a checkpoint saved without it (a trial's last epoch) resumes with a fresh average
+    that starts from the loaded weights at its first update.
+    """
+
+    state_key = "average"
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.average = WeightAverage(model, decay)
+
+    def on_epoch_begin(self, run: Run, epoch: int) -> None:
+        self.average.use_raw()
+
+    def on_step_end(self, run: Run, step: int, loss: torch.Tensor) -> None:
+        self.average.update()
+
+    def on_epoch_end(self, run: Run, report: EpochReport) -> None:
+        self.average.use_average()  # evaluated, checkpointed and exported from here on
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.average.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.average.load_state_dict(state)

@@ -37,8 +37,6 @@ def _field_parser():
         description="Train and evaluate one configuration; prints its metrics as JSON.",
     )
     for f in dataclasses.fields(Config):
-        if f.name == "test_fault":
-            continue
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
@@ -46,6 +44,14 @@ def _field_parser():
             default=None,
             help=f"default: {f.default!r}",
         )
+    parser.add_argument(
+        "--callback",
+        action="append",
+        default=[],
+        metavar="MODULE:CLASS",
+        help="a TrainerCallback subclass to add, e.g. mypkg.hooks:EarlyStop (repeatable; "
+        "see berter.train.callbacks)",
+    )
     return parser
 
 
@@ -54,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from berter.errors import BerterError
+    from berter.train.callbacks import EpochLog, build_callbacks
 
     try:
         parsed = vars(_field_parser().parse_args(argv))
+        callbacks = [EpochLog(), *build_callbacks(parsed.pop("callback"))]
         cfg = Config.from_dict({k: v for k, v in parsed.items() if v is not None})
-        result = train_and_evaluate(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+        result = train_and_evaluate(cfg, callbacks=callbacks)
     except BerterError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
