@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from exit_costs import TYPICAL
 from tiny import tiny_config
 from transformers import BertConfig, BertModel
 
@@ -31,8 +32,9 @@ def varied_backbone(layers: int = 3) -> BertModel:
 
 
 def make_run(**overrides) -> TrainingRun:
+    """A tiny run whose operating points are chosen with a given cost model (never timed)."""
     cfg = tiny_config(strategy="joint", **overrides)
-    return TrainingRun(cfg, backbone=varied_backbone())
+    return TrainingRun(cfg, backbone=varied_backbone(), exit_costs=TYPICAL)
 
 
 def splitting_param(method, signals: torch.Tensor) -> float:

@@ -39,6 +39,8 @@ from berter.data.encode import (
 from berter.data.files import MultitaskData, load_data_for
 from berter.exits.base import ExitMethod
 from berter.exits.calibration import operating_point
+from berter.exits.cost import CostModel
+from berter.exits.engine import measure_costs
 from berter.exits.rules import build_exit_method
 from berter.metrics import dev_score, predict, task_metric
 from berter.model.losses import distill_loss
@@ -149,6 +151,7 @@ class TrainingRun:
         tokenizer: Any = None,
         device: torch.device | str | None = None,
         log: Callable[[str], None] | None = None,
+        exit_costs: CostModel | dict[str, CostModel] | None = None,
     ):
         cfg.validate()
         check(cfg)
@@ -195,6 +198,10 @@ class TrainingRun:
         bf16 = self.amp and torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not bf16)
+        # the early-exit engine's cost model the operating point is chosen with: given (one
+        # for every task, or per task), or timed on this machine once per exit method
+        self.given_costs = exit_costs
+        self.timed_costs: dict[str, dict[str, CostModel]] = {}
 
     # ------------------------------------------------------------------ data
     def epoch_batches(self, epoch: int) -> list[Batch]:
@@ -442,6 +449,22 @@ class TrainingRun:
             cands = torch.linspace(-1, 1, 201)
             acc = ((cos[None, :] > cands[:, None]).numpy() == gold[None, :]).mean(1)
             self.model.cos_threshold[i] = float(cands[int(acc.argmax())])
+
+    def exit_costs(self) -> dict[str, CostModel]:
+        """Per task, the engine's costs on this machine (berter.exits.cost), timed on its
+        calibration examples the first time they are asked for with this exit method."""
+        if isinstance(self.given_costs, CostModel):
+            return {t.name: self.given_costs for t in self.tasks}
+        if self.given_costs is not None:
+            return dict(self.given_costs)
+        name = self.method.name
+        if name not in self.timed_costs:
+            self.timed_costs[name] = {
+                t.name: measure_costs(self.model, self.method, self.encoded[t.name]["calib"])
+                for t in self.tasks
+                if len(self.encoded[t.name]["calib"]) and self.method.grid(t, self.model.num_layers)
+            }
+        return self.timed_costs[name]
 
     def exit_metrics(self, dev: Evaluation) -> dict[str, Any]:
         """Early-exit operating point and trade-off tables (berter.exits.calibration)."""
