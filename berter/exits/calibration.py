@@ -144,7 +144,7 @@ def choose_fastest(
             if math.isnan(metric) or metric < floor:
                 continue
             speeds = speedups_of(method, cost, exit_at, param, n)
-            if speeds[0] <= 1.0 or min(speeds) < 1.0:
+            if speeds[0] <= 1.0 + 1e-9 or min(speeds) < 1.0 - 1e-9:
                 continue
             key = (speeds[0], metric, not isinstance(param, tuple))
             if best is None or key > best[0]:
@@ -227,7 +227,7 @@ def choose_per_layer(
                 gain = (seconds - secs) / max(metric - m, 1e-4)
                 if best is not None and gain <= best[0]:
                     continue
-                if min(expected_speedups(cost, exit_at, checked)) < 1.0:
+                if min(expected_speedups(cost, exit_at, checked)) < 1.0 - 1e-9:
                     continue
                 kept = task_metric_rows(task, pred[rows], gold_r) >= floor_r
                 if kept.mean() < confidence:

@@ -99,7 +99,7 @@ def expected_seconds(
             exits, stays = alive[i] - alive[i + 1], alive[i + 1]
             partial = 1.0 - (1.0 - exits) ** b - (1.0 - stays) ** b + (1.0 - alive[i]) ** b
             total += cost.drop.expected(batch, stays, max(partial, 0.0))
-    return total / b
+    return float(total / b)
 
 
 def expected_speedups(
@@ -110,5 +110,5 @@ def expected_speedups(
     out = []
     for b in cost.batch_sizes:
         early = expected_seconds(cost, exit_at, checked, b)
-        out.append(full_seconds(cost, n, b) / early if early > 0 else 1.0)
+        out.append(float(full_seconds(cost, n, b) / early) if early > 0 else 1.0)
     return tuple(out)
