@@ -70,7 +70,8 @@ def simulate(method: ExitMethod, ctx: ExitContext, te: Any, params: list[Param])
 
 
 def choose(curve: Curve, final: float, tolerance: float) -> float | None:
-    """The fastest param whose metric is within ``tolerance`` (relative) of ``final``.
+    """The param with the fewest average layers whose metric is within ``tolerance``
+    (relative) of ``final``: the choice before issue 32, blind to what exit checks cost.
 
     Ties in speed go to the better metric; None (no early exit) when no param qualifies.
     """
@@ -126,7 +127,8 @@ def choose_fastest(
     first grid value.
     None (no early exit) when nothing within tolerance is expected to beat the full model
     at the first of the cost model's batch sizes without losing to it at any other. With
-    ``LAYERS_ONLY`` costs this is the fewest average layers, the choice before issue 32.
+    ``LAYERS_ONLY`` costs: the fewest average layers among these candidates (before issue 32
+    the plain thresholds alone were candidates: ``choose``).
     """
     n = ctx.num_layers
     final = te.final

@@ -59,8 +59,8 @@ class CostModel:
     batch_sizes: tuple[int, ...] = (1, 32)
 
 
-# Saved layers only (checks free, a layer costs 1): the operating point as chosen before
-# issue 32, the fewest layers; its expected "speedup" is n / average exit layer at batch 1.
+# Saved layers only (checks free, a layer costs 1): the fewest layers, as operating points
+# were chosen before issue 32; its expected "speedup" is n / average exit layer at batch 1.
 LAYERS_ONLY = CostModel(ZERO, Cost(0.0, 1.0), ZERO, ZERO, ZERO, (1,))
 
 
