@@ -252,6 +252,16 @@ def test_cli_prints_metric_exit_layer_and_speedup(tmp_path, capsys):
     assert "threshold -/0" in out and "avg exit layer 2.00/3" in out
 
 
+def test_cli_without_early_exit_reports_exactly_the_full_models_speed(tmp_path, capsys):
+    run = make_run(exit_method="confidence")
+    save_model(run, tmp_path / "ckpt", {"sst": None, "para": None, "sts": None})
+    data = write_sst_file(tmp_path / "sst.csv")
+    assert main([str(tmp_path / "ckpt"), str(data), "--task", "sst"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold none (last layer)" in out and "avg exit layer 3.00/3" in out
+    assert "speedup     : 1.00x (no early exit)" in out
+
+
 @pytest.mark.parametrize(
     "argv_tail,message",
     [
