@@ -93,6 +93,22 @@ def test_one_threshold_is_chosen_by_expected_speed_not_layers_saved():
     assert fast > slow > 1.0
 
 
+def test_a_range_of_checks_must_keep_the_tolerance_in_most_resamples_too():
+    # 100 examples right at the last layer; layer 1 is fairly sure and wrong on all of them;
+    # layer 2 is sure of 50, one of them wrong: letting those out costs 1%, inside a 1.1%
+    # tolerance on the slice but not in about a quarter of its bootstrap resamples
+    right, wrong, fairly_wrong = [0.05, 0.95, 0, 0, 0], [0.95, 0.05, 0, 0, 0], [0.6, 0.4, 0, 0, 0]
+    unsure = [0.3, 0.7, 0, 0, 0]
+    second = [right] * 49 + [wrong] + [unsure] * 50
+    te = task_eval(SST, [1] * 100, [[fairly_wrong] * 100, second, [right] * 100])
+    m, ctx = method("confidence"), ExitContext(SST, 3)
+    grid = m.grid(SST, 3)
+    unguarded = choose_fastest(m, ctx, te, grid, 0.011, TYPICAL, confidence=0.0)
+    assert unguarded[0] is None and unguarded[1] is not None  # a check at layer 2 only
+    guarded = choose_fastest(m, ctx, te, grid, 0.011, TYPICAL, confidence=0.9)
+    assert isinstance(guarded, float) and guarded > 0.6  # one threshold on every layer
+
+
 def test_per_layer_choice_drops_checks_that_do_not_pay():
     m, ctx, te = method("confidence"), ExitContext(SST, 4), early_few_late_many()
     chosen = choose_per_layer(m, ctx, te, m.grid(SST, 4), 0.01, 0.9, TYPICAL)

@@ -283,7 +283,7 @@ def speed_metrics(
 
 # ----------------------------------------------------------------------------- cost model
 COST_EXAMPLES = 8  # single examples timed at batch 1
-COST_REPEATS = 2  # passes per batch size; the fastest of each part counts
+COST_REPEATS = 3  # passes per batch size; the fastest of each part counts
 
 
 def _part_seconds(
