@@ -435,6 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         "(default 150; --quick 16)",
     )
     p.add_argument(
+        "--repeats",
+        type=positive_int,
+        help="timed passes per mode, the fastest counts (default 2; --quick 1)",
+    )
+    p.add_argument(
         "--calibration",
         default=",".join(CALIBRATIONS),
         help="how operating points are chosen on the calibration slice: shared (one threshold "
@@ -478,6 +483,8 @@ def measure(args: argparse.Namespace) -> int:
     if args.speed_examples is not None:
         s["speed_examples"] = args.speed_examples
     s["default_trial"] = default_trial_settings(args.quick)
+    if args.repeats is not None:
+        s["repeats"] = s["default_trial"]["repeats"] = args.repeats
     start = time.perf_counter()
     runs: dict[str, TrainingRun] = {}
     rows: list[dict] = []
