@@ -169,7 +169,11 @@ def run_exits(
         results.append((batch.index[rows], preds, layers))
         computed += calls
     _sync(device)
-    seconds = time.perf_counter() - start
+    return collect(results, time.perf_counter() - start, computed)
+
+
+def collect(results: list[tuple[torch.Tensor, ...]], seconds: float, computed: int) -> ExitRun:
+    """An ExitRun from per-batch (split positions, predictions, 0-based exit layers)."""
     if not results:
         return ExitRun(np.zeros(0), np.zeros(0, dtype=np.int64), seconds, 0)
     index = torch.cat([r[0] for r in results]).cpu().numpy()
@@ -177,6 +181,45 @@ def run_exits(
     layers = torch.cat([r[2] for r in results]).cpu().numpy()
     order = np.argsort(index, kind="stable")  # back to the split's order
     return ExitRun(preds[order], layers[order].astype(np.int64) + 1, seconds, computed)
+
+
+@torch.inference_mode()
+def interleaved(
+    model: MultiExitBert,
+    method: ExitMethod,
+    batches: list[Batch],
+    task: Task,
+    param: Param,
+    repeats: int,
+) -> tuple[ExitRun, ExitRun]:
+    """(early exit, full model) over prepared batches, timed batch by batch.
+
+    Each batch runs in both modes back to back, in alternating order, ``repeats`` times; per
+    batch and mode the fastest run counts. A change in the machine's load (other jobs on a
+    shared CPU) then hits both modes alike, where whole passes timed one after the other
+    caught it in one mode only (two cores shared with other jobs: 0.85x and 1.00x for one
+    setting). Without early exit only the full model runs: both are that run.
+    """
+    model.eval()
+    ctx = ExitContext.from_model(model, task)
+    device = next(model.parameters()).device
+    modes = (True,) if never_exits(param) else (False, True)  # full?
+    seconds = {m: np.full((max(1, repeats), len(batches)), np.inf) for m in modes}
+    results: dict[bool, list[tuple[torch.Tensor, ...]]] = {m: [] for m in modes}
+    computed = dict.fromkeys(modes, 0)
+    for r in range(max(1, repeats)):
+        for k, batch in enumerate(batches):
+            for full in modes if (r + k) % 2 == 0 else modes[::-1]:
+                _sync(device)
+                start = time.perf_counter()
+                rows, preds, layers, calls = exit_batch(model, method, ctx, batch, param, full)
+                _sync(device)
+                seconds[full][r, k] = time.perf_counter() - start
+                if r == 0:
+                    results[full].append((batch.index[rows], preds, layers))
+                    computed[full] += calls
+    runs = {m: collect(results[m], float(seconds[m].min(0).sum()), computed[m]) for m in modes}
+    return runs[modes[0]], runs[True]
 
 
 @contextlib.contextmanager
@@ -204,10 +247,11 @@ def measure_speedup(
 ) -> dict[str, Any]:
     """Wall-clock early exit vs. the full model on the same examples, in this process.
 
-    Both modes get a warmup pass, then ``repeats`` interleaved timed passes each; the fastest
-    pass of each mode counts. Runs under ``torch.inference_mode`` with ``threads`` threads.
-    Without early exit (``param`` None, or None at every layer) the engine runs the full
-    model itself: that is timed once and the speedup is 1.0 exactly, not timing noise.
+    After a warm-up, each batch is timed in both modes back to back, ``repeats`` times, and
+    per batch the fastest run of each mode counts (``interleaved``). Runs under
+    ``torch.inference_mode`` with ``threads`` threads. Without early exit (``param`` None, or
+    None at every layer) the engine runs the full model itself: that is timed once and the
+    speedup is 1.0 exactly, not timing noise.
     """
     task = enc.task
     param = thresholds.get(task.name) if isinstance(thresholds, dict) else thresholds
@@ -215,21 +259,10 @@ def measure_speedup(
     device = next(model.parameters()).device
     batches = prepare(enc, batch_size, device)
     labels = np.asarray(enc.labels, dtype=np.float64)
-    same = never_exits(param)  # no early exit: the engine runs the full model itself
     with torch_threads(threads):
         warm = batches[: max(1, 32 // max(batch_size, 1))]
-        run_exits(model, method, warm, task, param, full=True)
-        if not same:
-            run_exits(model, method, warm, task, param)
-        early = full = None
-        for _ in range(max(1, repeats)):
-            f = run_exits(model, method, batches, task, param, full=True)
-            full = f if full is None or f.seconds < full.seconds else full
-            if not same:
-                e = run_exits(model, method, batches, task, param)
-                early = e if early is None or e.seconds < early.seconds else early
-    if same:
-        early = full
+        interleaved(model, method, warm, task, param, 1)
+        early, full = interleaved(model, method, batches, task, param, repeats)
     n = model.num_layers
     return {
         "task": task.name,
