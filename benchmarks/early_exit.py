@@ -27,8 +27,21 @@ one threshold shared by all layers, and one per exit layer (``exit_per_layer``, 
 and guarded by bootstrap resamples of the calibration slice). "threshold" shows a per-layer
 setting as values separated by "/" ("-": nothing exits at that layer).
 
-The last line is the headline: the best method and calibration's batch-1 speedup on sst+para
-and the share of the final layer's score it keeps there (target: >= 2x at >= 99%).
+The "default trial" section measures what a user gets from one ordinary sweep trial of an
+early-exit variant (issue 32): ``strategy=alternating,exit=confidence,smart=off,cos=off,
+concat=before,slf=off`` with the Config's defaults otherwise, 2,000 training examples per task,
+2 epochs, 400 dev examples per task, all timed (``--quick``: 100, one epoch, 60). Its rows:
+"before", the operating point as chosen before issue 32 (the fewest layers within tolerance,
+one shared threshold), and "after", chosen by expected speed under the engine's cost model
+timed on this machine, for each calibration (``--quick``: the model's default one);
+"expected" is that cost model's speedup on the dev examples' exit layers.
+``--default-trial-checkpoint DIR`` measures a trained model (e.g. that trial's checkpoint)
+instead of training one; ``--default-trial-only`` leaves out the per-method models; with
+``--checkpoint`` alone there is no default-trial section.
+
+The last lines are the headlines: the best method and calibration's batch-1 speedup on
+sst+para and the share of the final layer's score it keeps there (target: >= 2x at >= 99%),
+and the default trial's batch-1 speedups per task at the model's default calibration.
 """
 
 from __future__ import annotations
@@ -54,7 +67,16 @@ from berter.errors import (  # noqa: E402
     positive_float,
     positive_int,
 )
-from berter.exits.calibration import describe, operating_point, thresholds_from_metrics  # noqa: E402
+from berter.exits.base import ExitContext, Param  # noqa: E402
+from berter.exits.calibration import (  # noqa: E402
+    calibrate,
+    choose,
+    describe,
+    expected_speedup,
+    operating_point,
+    simulate,
+    thresholds_from_metrics,
+)
 from berter.exits.engine import measure_speedup  # noqa: E402
 from berter.exits.rules import build_exit_method  # noqa: E402
 from berter.sweep.space import parse_settings  # noqa: E402
@@ -68,12 +90,41 @@ METHODS = ("confidence", "entropy", "lte", "patience", "qexit")
 TRAINED_AS = {"entropy": "confidence"}  # same training objective: reuse that model
 HEADLINE_TASKS = ("sst", "para")
 CALIBRATIONS = ("shared", "per-layer")
+# issue 32's ordinary sweep trial of an early-exit variant; every other field a Config default
+DEFAULT_TRIAL = dict(
+    strategy="alternating", exit_method="confidence", smart="off", cos_loss="off",
+    concat="before_embed", slf="off",
+)  # fmt: skip
+DEFAULT_TRIAL_TARGETS = {"para": 2.0, "sst": 1.3}  # batch-1 speedup at >= 99% of the last layer
 
 
 def settings(quick: bool) -> dict:
     if quick:
         return dict(max_train=150, max_dev=80, epochs=1, calib_max=30, speed_examples=16, repeats=1)
     return dict(max_train=2500, max_dev=400, epochs=1, calib_max=250, speed_examples=150, repeats=2)
+
+
+def default_trial_settings(quick: bool) -> dict:
+    """Issue 32's training budget (``--quick``: a smoke-sized one) and how it is timed: the
+    issue's 400 dev examples per task, all timed."""
+    if quick:
+        return dict(max_train=100, max_dev=60, epochs=1, speed_examples=16, repeats=1)
+    return dict(max_train=2000, max_dev=400, epochs=2, speed_examples=400, repeats=2)
+
+
+def default_trial_config(args: argparse.Namespace, s: dict) -> Config:
+    """The default trial's Config: the variant, the budget, ``--set``; the rest defaults."""
+    d = s["default_trial"]
+    return Config(
+        data_dir=str(args.data_dir),
+        max_train=d["max_train"],
+        max_dev=d["max_dev"],
+        epochs=d["epochs"],
+        num_threads=args.train_threads,
+        seed=args.seed,
+        **{**DEFAULT_TRIAL, **s["set"]},
+        **tolerance(args),
+    )
 
 
 def train(method: str, args: argparse.Namespace, s: dict) -> TrainingRun:
@@ -194,6 +245,119 @@ def evaluate_calibration(
     return rows
 
 
+def default_trial(args: argparse.Namespace, s: dict) -> tuple[TrainingRun, list[dict]]:
+    """The default trial's model (trained, or ``--default-trial-checkpoint``) and its rows."""
+    if args.default_trial_checkpoint:
+        run = from_checkpoint(args.default_trial_checkpoint, args)
+    else:
+        t0 = time.perf_counter()
+        cfg = default_trial_config(args, s)
+        log = EpochLog(lambda m: print(f"  [default trial] {m}", file=sys.stderr, flush=True))
+        run = TrainingRun(cfg, callbacks=[log])
+        run.fit()
+        print(f"trained the default trial in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return run, evaluate_default_trial(run, s, args)
+
+
+def fewest_layers(run: TrainingRun, calib: Evaluation) -> dict[str, Param]:
+    """The operating point as chosen before issue 32: one threshold for every layer, the
+    fewest average layers within tolerance on the calibration slice (``choose``)."""
+    out: dict[str, Param] = {}
+    for task in run.tasks:
+        grid, te = run.method.grid(task, run.model.num_layers), calib.tasks[task.name]
+        if not grid or len(te.labels) == 0:
+            out[task.name] = None
+            continue
+        curve = simulate(run.method, ExitContext.from_model(run.model, task), te, grid)
+        out[task.name] = choose(curve, te.final, run.cfg.exit_tolerance)
+    return out
+
+
+def evaluate_default_trial(run: TrainingRun, s: dict, args: argparse.Namespace) -> list[dict]:
+    """Before (fewest layers, one shared threshold) and after (expected speed, each
+    calibration; ``--quick``: the model's default one) on one model, timed at batch 1 and 32
+    on the same dev examples."""
+    d = s["default_trial"]
+    default = "per-layer" if run.cfg.exit_per_layer else "shared"
+    dev, calib = run.evaluate("dev"), run.evaluate("calib")
+    costs = run.exit_costs()
+    choices = [("before", "shared", fewest_layers(run, calib))]
+    for calibration in [default] if args.quick else s["calibrations"]:
+        run.cfg = run.cfg.replace(exit_per_layer=calibration == "per-layer")
+        choices.append(("after", calibration, calibrate(run, calib, costs)))
+    run.cfg = run.cfg.replace(exit_per_layer=default == "per-layer")
+    n = run.model.num_layers
+    rows = []
+    for choice, calibration, thresholds in choices:
+        for task in run.tasks:
+            ctx = ExitContext.from_model(run.model, task)
+            param, te = thresholds[task.name], dev.tasks[task.name]
+            at = simulate(run.method, ctx, te, [param])
+            expected = (
+                expected_speedup(run.method, ctx, te, param, costs[task.name])
+                if task.name in costs
+                else (1.0, 1.0)
+            )
+            speed = {
+                b: measure_speedup(
+                    run.model, run.method, run.encoded[task.name]["dev"], param, b,
+                    max_examples=d["speed_examples"], repeats=d["repeats"], threads=1,
+                )
+                for b in (1, 32)
+            }  # fmt: skip
+            rows.append({
+                "choice": choice, "calibration": calibration, "default": calibration == default,
+                "task": task.name, "metric": metric_column(task).split("_")[-1],
+                "final": te.final, "exit": at.metrics[0], "threshold": param,
+                "avg_layer": at.avg_layers[0] if len(te.labels) else float(n), "n": n,
+                "expected_b1": expected[0], "expected_b32": expected[-1],
+                "speedup_b1": speed[1]["speedup"], "speedup_b32": speed[32]["speedup"],
+                "timed_layer": speed[1]["avg_exit_layer"],
+            })  # fmt: skip
+    return rows
+
+
+def default_trial_markdown(rows: list[dict]) -> str:
+    head = (
+        "| choice | calibration | task | final | at op. point | kept | threshold | "
+        "avg exit layer | expected b1 | speedup b1 | expected b32 | speedup b32 | "
+        "timed exit layer |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        kept = r["exit"] / r["final"] if r["final"] else float("nan")
+        calibration = r["calibration"] + (" (default)" if r["choice"] == "after" and
+                                          r["default"] else "")  # fmt: skip
+        lines.append(
+            f"| {r['choice']} | {calibration} | {r['task']} ({r['metric']}) | "
+            f"{fmt(r['final'])} | {fmt(r['exit'])} | {fmt(100 * kept, '.1f')}% | "
+            f"{describe(r['threshold'])} | {fmt(r['avg_layer'], '.2f')}/{r['n']} | "
+            f"{fmt(r['expected_b1'], '.2f')}x | {fmt(r['speedup_b1'], '.2f')}x | "
+            f"{fmt(r['expected_b32'], '.2f')}x | {fmt(r['speedup_b32'], '.2f')}x | "
+            f"{fmt(r['timed_layer'], '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def default_trial_headline(rows: list[dict]) -> str:
+    """The default trial after issue 32, at the model's default calibration: batch-1 speedup
+    and score kept per headline task, against the issue's targets."""
+    parts = []
+    for r in rows:
+        if r["choice"] != "after" or not r["default"] or r["task"] not in DEFAULT_TRIAL_TARGETS:
+            continue
+        kept = r["exit"] / r["final"] if r["final"] else float("nan")
+        target = DEFAULT_TRIAL_TARGETS[r["task"]]
+        parts.append(
+            f"{r['task']} {r['speedup_b1']:.2f}x (b32 {r['speedup_b32']:.2f}x) at "
+            f"{100 * kept:.1f}% (target >= {target:g}x at >= 99%)"
+        )
+    if not parts:
+        return "default trial: no results"
+    return f"default trial ({rows[0]['n']} layers), after: " + "; ".join(parts)
+
+
 def fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -274,12 +438,26 @@ def main(argv: list[str] | None = None) -> int:
         "(default 150; --quick 16)",
     )
     p.add_argument(
+        "--repeats",
+        type=positive_int,
+        help="timed passes per mode, the fastest counts (default 2; --quick 1)",
+    )
+    p.add_argument(
         "--calibration",
         default=",".join(CALIBRATIONS),
         help="how operating points are chosen on the calibration slice: shared (one threshold "
         "for all layers), per-layer (one per exit layer, exit_per_layer); default both",
     )
     p.add_argument("--save", help="also save each model as an inference checkpoint under this dir")
+    p.add_argument(
+        "--default-trial-checkpoint",
+        help="measure the default-trial rows on this trained model instead of training it",
+    )
+    p.add_argument(
+        "--default-trial-only",
+        action="store_true",
+        help="only the default-trial rows (no model per exit method)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -292,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace) -> int:
     if not args.data_dir.is_dir():
         raise ConfigError(f"{args.data_dir}: no CS224N data directory")
-    if args.checkpoint and args.set:
+    if (args.checkpoint or args.default_trial_checkpoint) and args.set:
         raise ConfigError("--set changes training; --checkpoint measures a trained model")
     s = settings(args.quick)
     s["calibrations"] = [c for c in args.calibration.split(",") if c]
@@ -307,10 +485,17 @@ def measure(args: argparse.Namespace) -> int:
         s["calib_max"] = args.calib_max
     if args.speed_examples is not None:
         s["speed_examples"] = args.speed_examples
+    s["default_trial"] = default_trial_settings(args.quick)
+    if args.repeats is not None:
+        s["repeats"] = s["default_trial"]["repeats"] = args.repeats
     start = time.perf_counter()
     runs: dict[str, TrainingRun] = {}
     rows: list[dict] = []
-    if args.checkpoint:
+    methods: list[str] = []
+    s["set"] = parse_settings(args.set, [])  # checked before any training
+    if args.default_trial_only:
+        pass
+    elif args.checkpoint:
         run = from_checkpoint(args.checkpoint, args)
         methods = checkpoint_methods(run.cfg.exit_method, args.methods)
         runs = {m: run for m in methods}
@@ -318,7 +503,6 @@ def measure(args: argparse.Namespace) -> int:
         s.update(calib_max=run.cfg.calib_max, checkpoint=args.checkpoint)
     else:
         methods = [m for m in (args.methods or ",".join(METHODS)).split(",") if m]
-        s["set"] = parse_settings(args.set, [])  # checked before any training
     for method in methods:
         trained_as = method if args.checkpoint else TRAINED_AS.get(method, method)
         if trained_as not in runs:
@@ -330,13 +514,26 @@ def measure(args: argparse.Namespace) -> int:
                 flush=True,
             )
         rows += evaluate_method(runs[trained_as], method, s, args)
-    any_run = next(iter(runs.values()))
+    # with --checkpoint alone that model is what is asked about: no default trial to train
+    trial, trial_rows = None, []
+    if not args.checkpoint or args.default_trial_checkpoint or args.default_trial_only:
+        trial, trial_rows = default_trial(args, s)
+    any_run = next(iter(runs.values()), trial)
     model = f"model {any_run.cfg.model} ({any_run.model.num_layers} layers)"
     print(f"\nstrategy={any_run.cfg.strategy}, {model}, torch {torch.__version__}, "
           f"threads=1 for timing; settings {s}; {time.perf_counter() - start:.0f}s total\n")  # fmt: skip
-    print(markdown(rows))
-    print()
-    print(headline(rows))
+    if rows:
+        print(markdown(rows))
+        print()
+    if trial is not None:
+        print(f"default trial: {trial.cfg.variant}, max_train={trial.cfg.max_train}, "
+              f"epochs={trial.cfg.epochs}, max_dev={trial.cfg.max_dev}\n")  # fmt: skip
+        print(default_trial_markdown(trial_rows))
+        print()
+    if rows:
+        print(headline(rows))
+    if trial is not None:
+        print(default_trial_headline(trial_rows))
     return 0
 
 

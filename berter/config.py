@@ -94,7 +94,7 @@ class Config:
     exit_threshold: float | None = None  # None: chosen on the calibration slice
     exit_tolerance: float = 0.01  # operating point: within 1% of the final layer
     exit_per_layer: bool = False  # calibrate one threshold per exit layer instead of one for all
-    exit_confidence: float = 0.9  # per-layer: share of calibration resamples that must keep it
+    exit_confidence: float = 0.9  # per-layer or ranged setting: share of calib resamples keeping it
     lte_lr: float = 1e-4
     lambda_lr: float = 1e-4
     patience: int = 2

@@ -21,11 +21,7 @@ from berter.config import Config
 from berter.data.encode import encode
 from berter.data.files import read_task
 from berter.errors import ArgumentParser, BerterError, ConfigError, DataError
-from berter.exits.base import (
-    ExitMethod,
-    Param,
-    Thresholds,
-)
+from berter.exits.base import ExitMethod, Param, Thresholds, never_exits
 from berter.exits.calibration import describe
 from berter.exits.engine import measure_speedup
 from berter.exits.rules import EXIT_METHODS
@@ -133,9 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({100 * res['layers_saved']:.1f}% layers saved, {res['seconds_exit']:.3f}s)"
     )
     speed = res["speedup"]
-    print(
-        f"speedup     : {speed:.2f}x wall clock" if not math.isnan(speed) else "speedup     : n/a"
-    )
+    if never_exits(param):  # the engine ran the full model: not a timing
+        print("speedup     : 1.00x (no early exit)")
+    elif math.isnan(speed):
+        print("speedup     : n/a")
+    else:
+        print(f"speedup     : {speed:.2f}x wall clock")
     return 0
 
 

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from exit_costs import TYPICAL
 from tiny import tiny_backbone, tiny_config
 
 from berter.data.encode import encode, get_tokenizer, make_batches
@@ -18,6 +19,7 @@ from berter.exits.calibration import (
     simulate,
     thresholds_from_metrics,
 )
+from berter.exits.cost import LAYERS_ONLY
 from berter.exits.rules import EXIT_METHODS, QExit, build_exit_method
 from berter.model.losses import task_loss
 from berter.model.multi_exit import ExitOutput, MultiExitBert
@@ -365,14 +367,16 @@ def task_eval(task, labels, probs_per_layer):
     return TaskEval(task, gold, logits, pooled, preds, metrics)
 
 
-def fake_run(cfg, evaluate):
-    """Just what operating_point reads from a TrainingRun: a 3-layer SST model, no modules."""
+def fake_run(cfg, evaluate, costs=TYPICAL):
+    """Just what operating_point reads from a TrainingRun: a 3-layer SST model, no modules,
+    and the engine's cost model (given, never timed)."""
     model = SimpleNamespace(
         num_layers=3, exit_module=None, siamese=False, cos_threshold=torch.full((3,), 0.5)
     )
     return SimpleNamespace(
-        method=build_exit_method(cfg), cfg=cfg, tasks=[SST], model=model, evaluate=evaluate
-    )
+        method=build_exit_method(cfg), cfg=cfg, tasks=[SST], model=model, evaluate=evaluate,
+        exit_costs=lambda: {"sst": costs},
+    )  # fmt: skip
 
 
 def test_operating_point_is_chosen_on_calibration_data_not_dev():
@@ -445,7 +449,7 @@ def test_per_layer_choice_exits_earlier_than_any_shared_threshold_at_no_loss():
     m, ctx, te = method("confidence"), ExitContext(SST, 3), easy_and_hard()
     grid = m.grid(SST, 3)
     shared = choose(simulate(m, ctx, te, grid), te.final, 0.01)
-    per_layer = choose_per_layer(m, ctx, te, grid, tolerance=0.01, confidence=0.9)
+    per_layer = choose_per_layer(m, ctx, te, grid, tolerance=0.01, confidence=0.9, cost=TYPICAL)
     shared_at, layered_at = simulate(m, ctx, te, [shared, per_layer]).avg_layers
     assert shared_at == 2.0  # easy at layer 1, hard at the last: 0.7 at layer 2 is too low
     assert layered_at == 1.5  # easy at layer 1, hard at layer 2
@@ -466,9 +470,9 @@ def test_per_layer_choice_keeps_the_tolerance_in_most_resamples_not_just_on_aver
     first = [sure_right] * 49 + [sure_wrong] + [unsure] * 50
     te = task_eval(SST, [1] * 100, [first, [sure_right] * 100])
     grid = m.grid(SST, 2)
-    assert choose_per_layer(m, ctx, te, grid, tolerance=0.011, confidence=0.0) is not None
-    assert choose_per_layer(m, ctx, te, grid, tolerance=0.011, confidence=0.9) is None
-    assert choose_per_layer(m, ctx, te, grid, tolerance=0.03, confidence=0.9) is not None
+    assert choose_per_layer(m, ctx, te, grid, 0.011, confidence=0.0, cost=TYPICAL) is not None
+    assert choose_per_layer(m, ctx, te, grid, 0.011, confidence=0.9, cost=TYPICAL) is None
+    assert choose_per_layer(m, ctx, te, grid, 0.03, confidence=0.9, cost=TYPICAL) is not None
 
 
 def test_per_layer_choice_works_for_pearson_on_regression():
@@ -484,7 +488,7 @@ def test_per_layer_choice_works_for_pearson_on_regression():
     with torch.no_grad():
         ctx.module["sts"].weight.zero_()
         ctx.module["sts"].bias.fill_(3.0)  # certainty sigmoid(3) = 0.95 everywhere
-    chosen = choose_per_layer(m, ctx, te, m.grid(STS, 2), tolerance=0.01, confidence=0.9)
+    chosen = choose_per_layer(m, ctx, te, m.grid(STS, 2), 0.01, 0.9, TYPICAL)
     assert chosen is not None and simulate(m, ctx, te, [chosen]).avg_layers == [1.0]
 
 
@@ -498,8 +502,8 @@ def test_operating_point_reports_per_layer_thresholds_that_round_trip():
     assert len(layered) == 2 and layered[0] > 0.9 >= layered[1]
     assert row["sst_exit_layer"] == 1.5
     assert thresholds_from_metrics(row, ["sst"]) == {"sst": tuple(layered)}
-    shared = operating_point(fake_run(cfg, lambda split: Evaluation({"sst": te}, 3)),
-                             Evaluation({"sst": te}, 3))  # fmt: skip
+    fewest_layers = fake_run(cfg, lambda split: Evaluation({"sst": te}, 3), LAYERS_ONLY)
+    shared = operating_point(fewest_layers, Evaluation({"sst": te}, 3))
     assert shared["sst_layer_thresholds"] is None and shared["sst_exit_layer"] == 2.0
 
 
@@ -518,7 +522,8 @@ def test_per_layer_choice_without_calibration_data_is_no_early_exit():
         [nan] * 3,
     )  # fmt: skip
     m = method("confidence")
-    assert choose_per_layer(m, ExitContext(SST, 3), empty, m.grid(SST, 3), 0.01, 0.9) is None
+    grid = m.grid(SST, 3)
+    assert choose_per_layer(m, ExitContext(SST, 3), empty, grid, 0.01, 0.9, TYPICAL) is None
 
 
 def test_operating_point_uses_a_calibration_evaluation_it_is_given():

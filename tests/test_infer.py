@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from exit_costs import TYPICAL
 from tiny import tiny_config
 from transformers import BertConfig, BertModel
 
@@ -31,8 +32,9 @@ def varied_backbone(layers: int = 3) -> BertModel:
 
 
 def make_run(**overrides) -> TrainingRun:
+    """A tiny run whose operating points are chosen with a given cost model (never timed)."""
     cfg = tiny_config(strategy="joint", **overrides)
-    return TrainingRun(cfg, backbone=varied_backbone())
+    return TrainingRun(cfg, backbone=varied_backbone(), exit_costs=TYPICAL)
 
 
 def splitting_param(method, signals: torch.Tensor) -> float:
@@ -160,6 +162,30 @@ def test_measure_speedup_reports_both_modes_on_the_same_examples():
     assert torch.get_num_threads() >= 1
 
 
+def test_speedup_times_each_batch_in_both_modes_back_to_back(monkeypatch):
+    """A load change on a shared machine then hits both modes alike, not one whole pass."""
+    import berter.exits.engine as engine
+
+    run = make_run(exit_method="confidence")
+    task = run.tasks[0]
+    batches = prepare(run.encoded["sst"]["dev"], 4, "cpu")[:3]
+    calls = []
+    original = engine.exit_batch
+
+    def recording(model, method, ctx, batch, param, full=False):
+        calls.append((batches.index(batch), full))
+        return original(model, method, ctx, batch, param, full)
+
+    monkeypatch.setattr(engine, "exit_batch", recording)
+    early, full = engine.interleaved(run.model, run.method, batches, task, 0.5, repeats=2)
+    assert calls == [(0, False), (0, True), (1, True), (1, False), (2, False), (2, True),
+                     (0, True), (0, False), (1, False), (1, True), (2, True), (2, False)]  # fmt: skip
+    monkeypatch.setattr(engine, "exit_batch", original)
+    alone = run_exits(run.model, run.method, batches, task, 0.5)
+    assert early.exit_layers.tolist() == alone.exit_layers.tolist()
+    assert (full.exit_layers == run.model.num_layers).all()
+
+
 def test_timed_sample_is_seeded_random_in_split_order_with_rows_kept_together():
     run = make_run(exit_method="confidence")
     enc = run.encoded["para"]["dev"]
@@ -248,6 +274,16 @@ def test_cli_prints_metric_exit_layer_and_speedup(tmp_path, capsys):
     assert main([*argv, "--max-examples", "8"]) == 0
     out = capsys.readouterr().out
     assert "threshold -/0" in out and "avg exit layer 2.00/3" in out
+
+
+def test_cli_without_early_exit_reports_exactly_the_full_models_speed(tmp_path, capsys):
+    run = make_run(exit_method="confidence")
+    save_model(run, tmp_path / "ckpt", {"sst": None, "para": None, "sts": None})
+    data = write_sst_file(tmp_path / "sst.csv")
+    assert main([str(tmp_path / "ckpt"), str(data), "--task", "sst"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold none (last layer)" in out and "avg exit layer 3.00/3" in out
+    assert "speedup     : 1.00x (no early exit)" in out
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,13 @@ class ExitContext:
     siamese: bool = False  # pair task encoded siamese: exits output a cosine
     cos_threshold: torch.Tensor | None = None  # [n] siamese paraphrase decision thresholds
 
+    def __post_init__(self) -> None:
+        # read once as numbers: the engine's exit check reads nothing on the host but its
+        # decision (a tensor element read per check would be one more host read each time)
+        self._thresholds = (
+            [float(v) for v in self.cos_threshold.tolist()] if self.cos_threshold is not None else None
+        )
+
     @classmethod
     def from_model(cls, model: nn.Module, task: Task) -> ExitContext:
         return cls(
@@ -93,7 +100,7 @@ class ExitContext:
         )
 
     def threshold(self, i: int) -> float:
-        return float(self.cos_threshold[i]) if self.cos_threshold is not None else 0.5
+        return self._thresholds[i] if self._thresholds is not None else 0.5
 
     def predict(self, i: int, logits: torch.Tensor) -> torch.Tensor:
         """Exit i's predictions, exactly as the evaluation computes them."""
@@ -177,6 +184,23 @@ class ExitMethod:
         if param is None or self.fires_when is None:
             return torch.zeros_like(signal, dtype=torch.bool)
         return self.fires_when(signal, param)
+
+    def checked_layers(self, param: Param, num_layers: int) -> list[bool]:
+        """Per layer below the last, whether the engine runs that exit's head and signal.
+
+        Only where the rule can fire (a per-layer None cannot). A stateful signal (patience
+        counts, Q-exit's halting mass) is also computed at the layers before the last one
+        that can fire, which need it, but not after that one. Nowhere without early exit.
+        The engine and the cost model (berter.exits.cost) both read this, so they agree.
+        """
+        fires = [
+            not never_exits(param) and layer_param(param, i) is not None
+            for i in range(num_layers - 1)
+        ]
+        if not self.stateful:
+            return fires
+        last = max((i for i, f in enumerate(fires) if f), default=-1)
+        return [i <= last for i in range(num_layers - 1)]
 
     # --- post-hoc simulation --------------------------------------------------------
     def layer_signals(

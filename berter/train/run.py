@@ -35,6 +35,8 @@ from berter.data.encode import (
 )
 from berter.data.files import MultitaskData, load_data_for
 from berter.exits.base import ExitMethod
+from berter.exits.cost import CostModel
+from berter.exits.engine import measure_costs
 from berter.exits.rules import build_exit_method
 from berter.model.losses import distill_loss
 from berter.model.multi_exit import MultiExitBert
@@ -104,6 +106,7 @@ class TrainingRun:
         device: torch.device | str | None = None,
         callbacks: Iterable[TrainerCallback] = (),
         trial_id: str | None = None,
+        exit_costs: CostModel | dict[str, CostModel] | None = None,
     ):
         cfg.validate()
         check(cfg)
@@ -142,6 +145,10 @@ class TrainingRun:
         bf16 = self.amp and torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and not bf16)
+        # the early-exit engine's cost model the operating point is chosen with: given (one
+        # for every task, or per task), or timed on this machine once per exit method
+        self.given_costs = exit_costs
+        self.timed_costs: dict[str, dict[str, CostModel]] = {}
 
     def notify(self, hook: str, *args: Any) -> None:
         """Call ``hook`` of every callback, in order."""
@@ -313,6 +320,23 @@ class TrainingRun:
     def evaluate(self, split: str = "dev") -> Evaluation:
         """Score every exit on a split from one pass over it (berter.train.evaluate)."""
         return evaluate(self, split)
+
+    def exit_costs(self) -> dict[str, CostModel]:
+        """Per task, the engine's costs on this machine (berter.exits.cost), timed on its
+        calibration examples the first time they are asked for with this exit method."""
+        if isinstance(self.given_costs, CostModel):
+            return {t.name: self.given_costs for t in self.tasks}
+        if self.given_costs is not None:
+            return dict(self.given_costs)
+        name = self.method.name
+        if name not in self.timed_costs:
+            self.timed_costs[name] = {
+                t.name: measure_costs(self.model, self.method, self.encoded[t.name]["calib"])
+                for t in self.tasks
+                if len(self.encoded[t.name]["calib"]) and self.method.grid(t, self.model.num_layers)
+            }
+        return self.timed_costs[name]
+
 
     # ------------------------------------------------------------------ loop
     def next_epoch(self) -> EpochReport:
