@@ -17,18 +17,13 @@ from results_fixture import REPEATED, synthetic_results, write_results
 import berter.sweep.store
 from berter.config import AXES, Config
 from berter.errors import DataError
-from berter.report.analysis import (
-    Report,
-    build_report,
-    early_exit_point,
-    finished_trials,
-    prepare_trials,
-)
+from berter.report.analysis import Report, build_report, finished_trials, prepare_trials
 from berter.report.cells import DASH, format_duration
 from berter.report.cli import main
 from berter.report.figures import FIGURE_NAMES, add_figures
 from berter.report.hyperparameters import HYPERPARAMETERS, importance
 from berter.report.render import write_report
+from berter.report.tables import early_exit_point
 from berter.sweep.space import SPACE
 from berter.sweep.store import read_results
 from berter.variants import PAPER_TABLE2

@@ -13,7 +13,7 @@ from berter.data.files import load_data
 from berter.errors import ConfigError
 from berter.exits.rules import EXIT_METHODS
 from berter.strategies import STRATEGIES, SequentialLayerFocus, build_strategy
-from berter.sweep.plan import main_epochs
+from berter.sweep.preflight import main_epochs
 from berter.train.run import TrainingRun
 from berter.variants import check
 

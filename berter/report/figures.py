@@ -22,16 +22,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 
-from berter.report.analysis import (
-    TASK_COLUMN,
-    TASK_LABELS,
-    Figure,
-    Report,
-    task_columns,
-    task_label,
-)
+from berter.report.analysis import Figure, Report
 from berter.report.cells import finite, fmt_value, numeric
 from berter.report.stats import t_interval
+from berter.report.tables import TASK_COLUMN, TASK_LABELS, task_columns, task_label
 from berter.sweep.store import pareto_front
 
 TOP_VARIANTS = 6  # best variants drawn in the per-epoch and exit trade-off plots

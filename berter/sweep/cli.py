@@ -21,10 +21,10 @@ from berter.sweep.plan import (
     DEMO_DEFAULTS,
     SWEEP_FILE,
     Plan,
-    data_warnings,
     make_plan,
     resume_plan,
 )
+from berter.sweep.preflight import data_warnings
 from berter.sweep.space import FIXED_ONLY, space_help
 from berter.train.callbacks import build_callbacks
 

@@ -12,19 +12,16 @@ is a ConfigError or DataError (one line, exit 2) and nothing has been written.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from berter.config import Config
-from berter.errors import ConfigError, first_line
+from berter.errors import ConfigError
+from berter.sweep.preflight import _check_model, concurrently, data_warnings, main_epochs
 from berter.sweep.space import (
     BY_NAME,
     Param,
@@ -364,48 +361,8 @@ def _max_t(base: Config, hyper: list[Param], epochs: int, variants: list[Variant
     return max(main_epochs(base.replace(**v.axes, epochs=top), num_layers) for v in variants)
 
 
-def _check_model(model: str) -> int:
-    """Load the backbone's config and tokenizer (cheap) so a bad --model fails before Ray; import
-    the model code too, so an incompatible transformers is one line here, not an ImportError in
-    every trial."""
-    from transformers import AutoConfig
-
-    from berter.config import DEFAULT_MODEL
-    from berter.data.encode import get_tokenizer, packaged_model_path
-    from berter.model.families import check_model_type
-
-    try:
-        import berter.model.multi_exit  # noqa: F401  (what every trial imports first)
-    except ImportError as exc:
-        raise ConfigError(f"the installed packages cannot run the model: {first_line(exc)}") from None
-
-    path = packaged_model_path() if model == DEFAULT_MODEL else model
-    looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/")
-    if model != DEFAULT_MODEL and looks_local and not Path(model).expanduser().is_dir():
-        raise ConfigError(f"model directory {model} does not exist")
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except Exception as exc:
-        raise ConfigError(f"cannot load model {model!r}: {first_line(exc)}") from None
-    check_model_type(cfg, model)
-    get_tokenizer(model)
-    return int(cfg.num_hidden_layers)
 
 
-def main_epochs(cfg: Config, num_layers: int) -> int:
-    """Epochs of a config outside a Sequential Layer Focus warm-up (the ASHA time axis).
-
-    The strategy class decides (two_stage doubles the epochs; SLF's leading epoch is not
-    counted) and checks that the backbone, less ``drop_top``, is deep enough. No model is
-    built: the driver never imports transformers' modelling code (seconds before Ray's first
-    trial can start), only the trials do.
-    """
-    from berter.config import layers_after_drop
-    from berter.strategies import STRATEGIES
-
-    strategy = STRATEGIES[cfg.strategy]
-    strategy.check_layers(layers_after_drop(cfg, num_layers))
-    return strategy.epochs_for(cfg)
 
 
 def _scheduler(
@@ -464,34 +421,5 @@ def resume_plan(args: argparse.Namespace) -> Plan:
 
 
 # ----------------------------------------------------------------------------- helpers
-def concurrently(work: Callable[[], Any], alongside: Callable[[], None] | None) -> Any:
-    """``work()`` in a helper thread while ``alongside()`` runs in this one (Ray's start
-    installs a signal handler, so it wants the main thread); returns ``work``'s value and
-    raises its exception here, after both have finished."""
-    if alongside is None:
-        return work()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="berter-check") as pool:
-        checked = pool.submit(work)
-        alongside()
-        return checked.result()
 
 
-@contextlib.contextmanager
-def data_warnings() -> Iterator[list[str]]:
-    """Hold back the data loader's warnings (skipped rows) so that the first line of output
-    is the data source; they are printed as notes right after it."""
-    held: list[str] = []
-
-    class Hold(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            held.append(record.getMessage())
-
-    log = logging.getLogger("berter.data")
-    handler, propagate = Hold(logging.WARNING), log.propagate
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        yield held
-    finally:
-        log.removeHandler(handler)
-        log.propagate = propagate
