@@ -162,13 +162,13 @@ def replay(
     from ray.tune.search.optuna import OptunaSearch
 
     from berter.sweep.searcher import asha, make_searcher
-    from berter.sweep.space import Param, SearchSpace
+    from berter.sweep.space import SearchParam, SearchSpace
 
     epochs = len(next(iter(scores.values())))
     params = [
-        Param("lr", "lr", "choice", choices=SPACE["lr"]),
-        Param("batch", "batch_size", "choice", choices=SPACE["batch_size"]),
-        Param("dropout", "dropout", "choice", choices=SPACE["dropout"]),
+        SearchParam("lr", "lr", "choice", choices=SPACE["lr"]),
+        SearchParam("batch", "batch_size", "choice", choices=SPACE["batch_size"]),
+        SearchParam("dropout", "dropout", "choice", choices=SPACE["dropout"]),
     ]
     searcher = make_searcher(
         params, ["v"], algorithm=algorithm, metric="dev_score", mode="max", seed=seed,

@@ -5,11 +5,11 @@ import pytest
 from ray.tune.search import Searcher
 
 from berter.sweep.searcher import asha, make_searcher, reduction_factor
-from berter.sweep.space import Param, SearchSpace, finite_points, space_size
+from berter.sweep.space import SearchParam, SearchSpace, finite_points, space_size
 
-BATCH = Param("batch", "batch_size", "choice", choices=(16, 32))
-LR = Param("lr", "lr", "loguniform", 1e-5, 1e-3)
-EPOCHS = Param("epochs", "epochs", "int", 1, 2)
+BATCH = SearchParam("batch", "batch_size", "choice", choices=(16, 32))
+LR = SearchParam("lr", "lr", "loguniform", 1e-5, 1e-3)
+EPOCHS = SearchParam("epochs", "epochs", "int", 1, 2)
 
 
 def searcher(params, variants=("v1",), algorithm="optuna", seed=0):

@@ -24,7 +24,7 @@ from berter.errors import ConfigError
 from berter.sweep.preflight import _check_model, concurrently, data_warnings, main_epochs
 from berter.sweep.space import (
     BY_NAME,
-    Param,
+    SearchParam,
     SearchSpace,
     apply_ranges,
     candidate_variants,
@@ -85,8 +85,8 @@ class Plan:
         return [Variant.from_dict(v) for v in self.variants]
 
     @property
-    def param_objs(self) -> list[Param]:
-        return [Param(**{**p, "choices": tuple(p["choices"])}) for p in self.params]
+    def param_objs(self) -> list[SearchParam]:
+        return [SearchParam(**{**p, "choices": tuple(p["choices"])}) for p in self.params]
 
     @property
     def storage(self) -> str:
@@ -175,8 +175,8 @@ def _sweep_name(name: str | None) -> str:
 def _resolve_plan(
     args: argparse.Namespace,
     name: str,
-    params: list[Param],
-    hyper: list[Param],
+    params: list[SearchParam],
+    hyper: list[SearchParam],
     settings: dict[str, Any],
     objective: list[str],
 ) -> tuple[Plan, Any]:
@@ -321,12 +321,12 @@ def _coverage_note(variants: list[Variant], num_samples: int) -> list[str]:
 
 
 def _searched_ranges(
-    hyper: list[Param],
+    hyper: list[SearchParam],
     args: argparse.Namespace,
     base: Config,
     variants: list[Variant],
     num_samples: int,
-) -> tuple[list[Param], int, list[str]]:
+) -> tuple[list[SearchParam], int, list[str]]:
     """The searched ranges (--epochs bounds a searched epochs, --range replaces a default),
     both ends of each checked to make a valid Config, and the trials capped at the number of
     configurations: training is seeded, so a configuration is never run twice."""
@@ -352,7 +352,7 @@ def _searched_ranges(
     return hyper, num_samples, notes
 
 
-def _max_t(base: Config, hyper: list[Param], epochs: int, variants: list[Variant]) -> int:
+def _max_t(base: Config, hyper: list[SearchParam], epochs: int, variants: list[Variant]) -> int:
     """ASHA's max_t: the most main epochs a trial can run, with the backbone's depth (read
     here, so a bad --model fails before Ray runs anything)."""
     searched = [p.high for p in hyper if p.name == "epochs"]

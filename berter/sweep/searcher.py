@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from berter.sweep.space import Param, SearchSpace, config_key, finite_points
+from berter.sweep.space import SearchParam, SearchSpace, config_key, finite_points
 
 MAX_REDRAWS = 20  # TPE proposals tried before a random unseen configuration is taken
 SHORT_RUN_EPOCHS = 4
@@ -140,7 +140,7 @@ class NoRepeatOptunaSearch(OptunaSearch):
 
 
 def make_searcher(
-    params: list[Param],
+    params: list[SearchParam],
     variants: list[str],
     *,
     algorithm: str,

@@ -45,7 +45,7 @@ PAPER_BEST = {"lr": 1.3e-5, "batch_size": 16, "dropout": 0.3, "epochs": 5}
 
 
 @dataclass(frozen=True)
-class Param:
+class SearchParam:
     """One searchable name: the Config field it sets and the distribution it is drawn from."""
 
     name: str
@@ -79,33 +79,33 @@ class Param:
         return trial.suggest_categorical(self.field, list(self.choices))
 
 
-SPACE: tuple[Param, ...] = (
-    Param("lr", "lr", "loguniform", 5e-6, 3e-4, help="peak learning rate"),
-    Param("batch", "batch_size", "choice", choices=(8, 16, 32), help="examples per batch"),
-    Param("dropout", "dropout", "uniform", 0.0, 0.5, help="hidden-state and head dropout"),
-    Param("epochs", "epochs", "int", 1, 8, help="epochs (at most --epochs if given)"),
-    Param("weight_decay", "weight_decay", "uniform", 0.0, 0.1, help="AdamW weight decay"),
-    Param("warmup", "warmup_ratio", "uniform", 0.0, 0.3, help="linear warmup fraction"),
-    Param("optimizer", "optimizer", "choice", choices=OPTIMIZERS, help="optimiser"),
-    Param("layer_decay", "layer_lr_decay", "uniform", 0.7, 1.0, help="layer-wise lr decay"),
-    Param("ema", "ema_decay", "choice", choices=(0.0, 0.999, 0.9995), help="weight EMA (0: off)"),
-    Param("distill", "exit_distill", "uniform", 0.0, 2.0, help="exit self-distillation weight"),
-    Param("smart_lambda", "smart_lambda", "loguniform", 0.1, 10.0, help="SMART term weight"),
-    Param("smart_step", "smart_step", "loguniform", 1e-4, 1e-2, help="SMART ascent step"),
-    Param("smart_eps", "smart_eps", "loguniform", 1e-6, 1e-4, help="SMART initial noise std"),
-    Param("cos_margin", "cos_margin", "uniform", 0.0, 0.5, help="cosine loss margin"),
-    Param("slf_fraction", "slf_fraction", "uniform", 0.25, 1.0, help="share of the SLF epoch"),
-    Param("lte_lr", "lte_lr", "loguniform", 1e-5, 1e-3, help="learning-to-exit module lr"),
-    Param("lambda_lr", "lambda_lr", "loguniform", 1e-5, 1e-3, help="Q-exit lambda layer lr"),
-    Param("patience", "patience", "int", 1, 4, help="patience exit: agreeing layers"),
-    Param("qexit_beta", "qexit_beta", "uniform", 0.1, 1.0, help="Q-exit KL weight"),
-    Param("qexit_q", "qexit_q", "uniform", 0.3, 0.7, help="Q-exit halting quantile"),
-    Param("smart", "smart", "axis", help="SMART regularisation"),
-    Param("cos_loss", "cos_loss", "axis", help="siamese cosine loss for pair tasks"),
-    Param("concat", "concat", "axis", help="pair concatenation order"),
-    Param("slf", "slf", "axis", help="Sequential Layer Focus"),
-    Param("strategy", "strategy", "axis", help="fine-tuning strategy"),
-    Param("exit", "exit_method", "axis", help="early-exit method"),
+SPACE: tuple[SearchParam, ...] = (
+    SearchParam("lr", "lr", "loguniform", 5e-6, 3e-4, help="peak learning rate"),
+    SearchParam("batch", "batch_size", "choice", choices=(8, 16, 32), help="examples per batch"),
+    SearchParam("dropout", "dropout", "uniform", 0.0, 0.5, help="hidden-state and head dropout"),
+    SearchParam("epochs", "epochs", "int", 1, 8, help="epochs (at most --epochs if given)"),
+    SearchParam("weight_decay", "weight_decay", "uniform", 0.0, 0.1, help="AdamW weight decay"),
+    SearchParam("warmup", "warmup_ratio", "uniform", 0.0, 0.3, help="linear warmup fraction"),
+    SearchParam("optimizer", "optimizer", "choice", choices=OPTIMIZERS, help="optimiser"),
+    SearchParam("layer_decay", "layer_lr_decay", "uniform", 0.7, 1.0, help="layer-wise lr decay"),
+    SearchParam("ema", "ema_decay", "choice", choices=(0.0, 0.999, 0.9995), help="weight EMA (0: off)"),
+    SearchParam("distill", "exit_distill", "uniform", 0.0, 2.0, help="exit self-distillation weight"),
+    SearchParam("smart_lambda", "smart_lambda", "loguniform", 0.1, 10.0, help="SMART term weight"),
+    SearchParam("smart_step", "smart_step", "loguniform", 1e-4, 1e-2, help="SMART ascent step"),
+    SearchParam("smart_eps", "smart_eps", "loguniform", 1e-6, 1e-4, help="SMART initial noise std"),
+    SearchParam("cos_margin", "cos_margin", "uniform", 0.0, 0.5, help="cosine loss margin"),
+    SearchParam("slf_fraction", "slf_fraction", "uniform", 0.25, 1.0, help="share of the SLF epoch"),
+    SearchParam("lte_lr", "lte_lr", "loguniform", 1e-5, 1e-3, help="learning-to-exit module lr"),
+    SearchParam("lambda_lr", "lambda_lr", "loguniform", 1e-5, 1e-3, help="Q-exit lambda layer lr"),
+    SearchParam("patience", "patience", "int", 1, 4, help="patience exit: agreeing layers"),
+    SearchParam("qexit_beta", "qexit_beta", "uniform", 0.1, 1.0, help="Q-exit KL weight"),
+    SearchParam("qexit_q", "qexit_q", "uniform", 0.3, 0.7, help="Q-exit halting quantile"),
+    SearchParam("smart", "smart", "axis", help="SMART regularisation"),
+    SearchParam("cos_loss", "cos_loss", "axis", help="siamese cosine loss for pair tasks"),
+    SearchParam("concat", "concat", "axis", help="pair concatenation order"),
+    SearchParam("slf", "slf", "axis", help="Sequential Layer Focus"),
+    SearchParam("strategy", "strategy", "axis", help="fine-tuning strategy"),
+    SearchParam("exit", "exit_method", "axis", help="early-exit method"),
 )
 BY_NAME = {p.name: p for p in SPACE}
 ALIASES = {
@@ -139,7 +139,7 @@ def space_help() -> str:
 NO_SEARCH = "none"  # --search none: nothing searched, a grid of the --variants at fixed settings
 
 
-def parse_search(spec: str) -> list[Param]:
+def parse_search(spec: str) -> list[SearchParam]:
     """``"lr,batch,exit"`` -> the Params, in table order; ``"none"`` -> none (a plain grid of
     variants, every setting fixed); an unknown name is a ConfigError."""
     if spec.strip().lower() == NO_SEARCH:
@@ -168,13 +168,13 @@ FIXED_ONLY: dict[str, dataclasses.Field] = {
 }
 
 
-def _settable(item: str, option: str) -> tuple[Param, str]:
-    """``"lr=2e-5"`` -> (the lr Param, "2e-5"), for --set and --range."""
+def _settable(item: str, option: str) -> tuple[SearchParam, str]:
+    """``"lr=2e-5"`` -> (the lr SearchParam, "2e-5"), for --set and --range."""
     name, sep, value = item.partition("=")
     name = ALIASES.get(name.strip(), name.strip())
     param = BY_NAME.get(name)
     if param is None and option == "--set" and name in FIXED_ONLY:
-        param = Param(name, name, "fixed")
+        param = SearchParam(name, name, "fixed")
     if not sep or param is None or param.kind == "axis" or not value.strip():
         names = [p.name for p in SPACE if p.kind != "axis"]
         if option == "--set":
@@ -183,7 +183,7 @@ def _settable(item: str, option: str) -> tuple[Param, str]:
     return param, value.strip()
 
 
-def _typed(param: Param, raw: str, option: str) -> Any:
+def _typed(param: SearchParam, raw: str, option: str) -> Any:
     """A --set / --range value as the type of the Config field it sets."""
     try:
         return parse_field(param.field, raw)
@@ -191,7 +191,7 @@ def _typed(param: Param, raw: str, option: str) -> Any:
         raise ConfigError(f"{option} {param.name}: {exc}") from None
 
 
-def parse_settings(items: list[str] | None, searched: list[Param]) -> dict[str, Any]:
+def parse_settings(items: list[str] | None, searched: list[SearchParam]) -> dict[str, Any]:
     """``--set lr=2e-5 --set batch=32`` -> fixed Config values for every trial, validated.
 
     Besides the searchable names, any other plain Config field can be fixed
@@ -210,7 +210,7 @@ def parse_settings(items: list[str] | None, searched: list[Param]) -> dict[str, 
     return out
 
 
-def apply_ranges(params: list[Param], items: list[str] | None) -> list[Param]:
+def apply_ranges(params: list[SearchParam], items: list[str] | None) -> list[SearchParam]:
     """``--range lr=1e-5:1e-3 --range batch=8|16`` replaces searched names' default ranges."""
     by_name = {p.name: p for p in params}
     for item in items or []:
@@ -233,7 +233,7 @@ def apply_ranges(params: list[Param], items: list[str] | None) -> list[Param]:
     return [by_name[p.name] for p in params]
 
 
-def with_epoch_bound(params: list[Param], max_epochs: int | None) -> list[Param]:
+def with_epoch_bound(params: list[SearchParam], max_epochs: int | None) -> list[SearchParam]:
     """A searched ``epochs`` ranges over [1, --epochs] when --epochs is given."""
     if max_epochs is None:
         return params
@@ -307,7 +307,7 @@ class SearchSpace:
     interrupted sweep can be resumed.
     """
 
-    params: list[Param]
+    params: list[SearchParam]
     variants: list[str]  # candidate variant short names
 
     def __call__(self, trial: Any) -> None:

@@ -156,7 +156,7 @@ def epoch_result(run: Any, report: Any, num_epochs: int) -> dict[str, Any]:
     }
 
 
-def measure_speedup(run: Any, threads: int) -> dict[str, float]:
+def trial_speedup(run: Any, threads: int) -> dict[str, float]:
     """Wall-clock early-exit speedup (batch 1 and 32) on capped dev examples, via berter.infer.
 
     Skipped for ``exit_method=none``: its early-exit path is the full model, speedup 1.
@@ -276,7 +276,7 @@ class Trial(tune.Trainable):
         if run.finished and not result["diverged"] and self.spec.measure_speedup:
             started = time.perf_counter()
             try:
-                result.update(measure_speedup(run, self.cpus if self.device == "cpu" else None))
+                result.update(trial_speedup(run, self.cpus if self.device == "cpu" else None))
             except Exception as exc:  # a timing failure must not discard a trained trial
                 logging.getLogger(__name__).warning("speedup not measured: %s", exc)
             result["speedup_seconds"] = time.perf_counter() - started
