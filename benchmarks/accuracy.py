@@ -3,7 +3,8 @@
 Runs ``sweeps/run.py`` (one multitask model per trial, packaged backbone) over three pair
 encodings with the final-layer strategy and a searched learning rate, then reads the
 sweep's ``trials.parquet`` and prints the best trial's per-task scores and dev score (the
-BERTer paper's formula: mean of SST accuracy, Quora accuracy and (STS r + 1) / 2).
+formula inferred from the BERTer paper's Table 2: mean of SST accuracy, Quora accuracy and
+(STS r + 1) / 2).
 
 Anchors (issue of record): the BERTer paper's best is 0.683 with bert-base; three separate
 single-task transformers ``Trainer`` fine-tunes of the packaged backbone (lr 5e-5, batch 16,

@@ -55,7 +55,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from berter.checkpoint import run_from_checkpoint, save_model  # noqa: E402
 from berter.config import Config  # noqa: E402

@@ -15,7 +15,7 @@ STS pairs and separates Quora duplicates. This measures, on a trained checkpoint
 
 The blend runs two encoders (the fine-tuned one and the untouched one), so it is not a
 one-model result; it estimates how far a pair head that also read siamese features could
-move the dev score (the paper's formula, SST unchanged).
+move the dev score (the formula inferred from the paper's Table 2, SST unchanged).
 
     python benchmarks/siamese_blend.py --checkpoint DIR [--data-dir DIR] [--max-dev N] [--quick]
 

@@ -1,7 +1,9 @@
 """Predictions, task metrics and the dev score.
 
-The dev score is the BERTer paper's Table 2 formula:
-``(SST accuracy + paraphrase accuracy + (STS Pearson + 1) / 2) / 3``.
+The dev score is ``(SST accuracy + paraphrase accuracy + (STS Pearson + 1) / 2) / 3``. The
+BERTer paper only says its dev score is an "average"; this formula is inferred from its
+Table 2, whose printed dev score it reproduces from the printed task columns on six rows (on
+the other six the printed score is 0.01-0.09 lower, see docs/concepts.md).
 With other task sets, each classification task contributes its accuracy and each
 regression task ``(r + 1) / 2``, averaged.
 """
@@ -60,7 +62,8 @@ def normalised(task: Task, value: float) -> float:
 
 
 def dev_score(metrics: dict[str, float], tasks: dict[str, Task]) -> float:
-    """Average of the normalised task metrics (the paper's formula for sst/para/sts)."""
+    """Average of the normalised task metrics (for sst/para/sts the formula inferred from the
+    paper's Table 2, module docstring)."""
     vals = [normalised(tasks[name], v) for name, v in metrics.items()]
     vals = [v for v in vals if not math.isnan(v)]
     return float(sum(vals) / len(vals)) if vals else float("nan")
