@@ -9,8 +9,6 @@ tests/test_sweep_cli.py.
 from __future__ import annotations
 
 import math
-import os
-import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +18,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from ray import tune
+from interrupt import InterruptSweep
 from results_fixture import synthetic_results, write_results
 from scipy import stats as scipy_stats
 from tiny import tiny_config
@@ -394,20 +392,6 @@ def test_report_intervals_and_differences_equal_a_computation_on_the_parquet_row
     for cid, row in report.configs.set_index("config_id").iterrows():
         assert mine.loc[cid, "dev_score_low"] == row.dev_score_low
     assert "± " in report.ablation_table().iloc[0]["Mean Dev"]
-
-
-class InterruptSweep(tune.Callback):
-    """Ctrl+C once the second trial has saved its first checkpoint (once: a marker file)."""
-
-    def __init__(self, marker: str):
-        self.marker, self.seen = marker, []
-
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if trial.trial_id not in self.seen:
-            self.seen.append(trial.trial_id)
-        if len(self.seen) == 2 and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resume_of_a_seeded_sweep_continues_every_seed_from_its_checkpoint(

@@ -6,7 +6,6 @@ demo examples per task, so a trial takes about a second; Ray's actor start-up do
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
-from ray import tune
+from interrupt import InterruptSweep
 
 from berter.cli import main as berter_main
 from berter.sweep.cli import build_parser
@@ -97,21 +96,6 @@ def test_three_trial_sweep_writes_the_three_tables(local_ray, tiny_model, tmp_pa
     last = epochs.sort_values("epoch").groupby("trial_id").dev_score.last()
     assert sorted(t.value for t in done) == pytest.approx(sorted(last))
     assert sorted(t.params["lr"] for t in done) == sorted(trials.lr)
-
-
-class InterruptSweep(tune.Callback):
-    """Ctrl+C once the second trial has saved its first checkpoint (a marker file makes it
-    fire once: Tune stores this callback with the experiment and restores it on resume)."""
-
-    def __init__(self, marker: str):
-        self.marker, self.seen = marker, []
-
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if trial.trial_id not in self.seen:
-            self.seen.append(trial.trial_id)
-        if len(self.seen) == 2 and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resume_skips_finished_trials_and_continues_from_checkpoints(
