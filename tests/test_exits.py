@@ -533,3 +533,12 @@ def test_operating_point_uses_a_calibration_evaluation_it_is_given():
     run = fake_run(cfg, lambda split: splits.append(split))
     row = operating_point(run, Evaluation({"sst": te}, 3), Evaluation({"sst": te}, 3))
     assert splits == [] and row["sst_exit_layer"] == 2.0
+
+
+def test_by_default_each_exit_layer_gets_its_own_threshold():
+    te = easy_and_hard()
+    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",))
+    row = operating_point(fake_run(cfg, lambda split: Evaluation({"sst": te}, 3)),
+                          Evaluation({"sst": te}, 3))  # fmt: skip
+    assert math.isnan(row["sst_threshold"]) and len(row["sst_layer_thresholds"]) == 2
+    assert row["sst_exit_layer"] == 1.5  # easy examples at layer 1, hard ones at layer 2
