@@ -248,6 +248,8 @@ def default_trial(args: argparse.Namespace, s: dict) -> tuple[TrainingRun, list[
     """The default trial's model (trained, or ``--default-trial-checkpoint``) and its rows."""
     if args.default_trial_checkpoint:
         run = from_checkpoint(args.default_trial_checkpoint, args)
+        # the choice, not the training: "(default)" marks today's default calibration
+        run.cfg = run.cfg.replace(exit_per_layer=Config().exit_per_layer)
     else:
         t0 = time.perf_counter()
         cfg = default_trial_config(args, s)

@@ -93,7 +93,10 @@ class Config:
     # --- exits ---
     exit_threshold: float | None = None  # None: chosen on the calibration slice
     exit_tolerance: float = 0.01  # operating point: within 1% of the final layer
-    exit_per_layer: bool = False  # calibrate one threshold per exit layer instead of one for all
+    # one threshold per exit layer instead of one for all: its resample guard kept >= 99% of
+    # the last layer on dev in 6 of 8 task-models of issue 32's default trial, one shared
+    # threshold in 4 of 8 (benchmarks/log/early-exit.md, 2026-12-02)
+    exit_per_layer: bool = True
     exit_confidence: float = 0.9  # per-layer or ranged setting: share of calib resamples keeping it
     lte_lr: float = 1e-4
     lambda_lr: float = 1e-4

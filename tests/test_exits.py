@@ -391,7 +391,7 @@ def test_operating_point_is_chosen_on_calibration_data_not_dev():
         splits.append(split)
         return Evaluation({"sst": calib}, 3)
 
-    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",))
+    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",), exit_per_layer=False)
     run = fake_run(cfg, evaluate)
     row = operating_point(run, Evaluation({"sst": dev}, 3))
     assert splits == ["calib"]
@@ -494,7 +494,7 @@ def test_per_layer_choice_works_for_pearson_on_regression():
 
 def test_operating_point_reports_per_layer_thresholds_that_round_trip():
     te = easy_and_hard()
-    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",))
+    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",), exit_per_layer=False)
     run = fake_run(cfg.replace(exit_per_layer=True), lambda split: Evaluation({"sst": te}, 3))
     row = operating_point(run, Evaluation({"sst": te}, 3))
     assert math.isnan(row["sst_threshold"])
@@ -529,7 +529,16 @@ def test_per_layer_choice_without_calibration_data_is_no_early_exit():
 def test_operating_point_uses_a_calibration_evaluation_it_is_given():
     te = easy_and_hard()
     splits = []
-    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",))
+    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",), exit_per_layer=False)
     run = fake_run(cfg, lambda split: splits.append(split))
     row = operating_point(run, Evaluation({"sst": te}, 3), Evaluation({"sst": te}, 3))
     assert splits == [] and row["sst_exit_layer"] == 2.0
+
+
+def test_by_default_each_exit_layer_gets_its_own_threshold():
+    te = easy_and_hard()
+    cfg = tiny_config(strategy="joint", exit_method="confidence", tasks=("sst",))
+    row = operating_point(fake_run(cfg, lambda split: Evaluation({"sst": te}, 3)),
+                          Evaluation({"sst": te}, 3))  # fmt: skip
+    assert math.isnan(row["sst_threshold"]) and len(row["sst_layer_thresholds"]) == 2
+    assert row["sst_exit_layer"] == 1.5  # easy examples at layer 1, hard ones at layer 2

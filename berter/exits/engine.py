@@ -317,6 +317,7 @@ def speed_metrics(
 # ----------------------------------------------------------------------------- cost model
 COST_EXAMPLES = 8  # single examples timed at batch 1
 COST_REPEATS = 3  # passes per batch size; the fastest of each part counts
+COST_ROWS = 16  # rows of the batch that gives each cost line its second point
 
 
 def _part_seconds(
@@ -380,13 +381,15 @@ def measure_costs(
     batch_sizes: tuple[int, ...] = (1, 32),
     examples: int = COST_EXAMPLES,
     repeats: int = COST_REPEATS,
+    rows: int = COST_ROWS,
     threads: int | None = 1,
 ) -> CostModel:
     """The engine's cost model for one task on this machine: a short timing of its parts.
 
-    Each part is timed on ``examples`` single examples and on one batch of the largest of
-    ``batch_sizes`` (seeded random examples of ``enc``), after a warm-up pass, fastest of
-    ``repeats``; the two points give each part's cost line in the rows it runs on. The
+    Each part is timed on ``examples`` single examples and on one batch of ``rows`` (seeded
+    random examples of ``enc``), after a warm-up pass, fastest of ``repeats``; the two points
+    give each part's cost line in the rows it runs on, used up to the largest of
+    ``batch_sizes`` (a layer's time grows in step with its rows). The
     model's weights do not matter, its shape and the examples' lengths do, so a run times
     this once (``TrainingRun.exit_costs``). A second or so per task for the packaged backbone.
     """
@@ -396,9 +399,8 @@ def measure_costs(
     device = next(model.parameters()).device
     grid = method.grid(task, n)
     param = grid[len(grid) // 2] if grid else None
-    big = max(batch_sizes)
     singles = prepare(sample(enc, examples, seed=1), 1, device)
-    wide = prepare(sample(enc, big, seed=2), big, device)[:1]
+    wide = prepare(sample(enc, rows, seed=2), rows, device)[:1]
     if not singles:
         raise ValueError(f"{task.name}: no examples to time the exit costs on")
     was_training = model.training
@@ -416,12 +418,12 @@ def measure_costs(
             )
     finally:
         model.train(was_training)
-    rows = len(wide[0])
+    wide_rows = len(wide[0])
 
     def line(part: str) -> Cost:
-        if rows <= 1:
+        if wide_rows <= 1:
             return Cost(one[part], 0.0)
-        per_row = max(0.0, (many[part] - one[part]) / (rows - 1))
+        per_row = max(0.0, (many[part] - one[part]) / (wide_rows - 1))
         return Cost(max(0.0, one[part] - per_row), per_row)
 
     return CostModel(
