@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from berter.config import Config
+from berter.config import RETIRED_FIELDS, Config
 from berter.errors import ConfigError, DataError, first_line
 from berter.exits.base import (
     Param,
@@ -99,7 +99,8 @@ def load_model(
     path = Path(directory)
     if not path.is_dir():
         raise DataError(f"{path}: checkpoint directory does not exist")
-    cfg = Config.from_dict(_read_json(path / CONFIG_FILE))
+    saved = _read_json(path / CONFIG_FILE)
+    cfg = Config.from_dict({k: v for k, v in saved.items() if k not in RETIRED_FIELDS})
     exits = _read_json(path / EXITS_FILE) if (path / EXITS_FILE).exists() else {}
     tasks = [get_task(name) for name in cfg.tasks]
     try:

@@ -9,7 +9,8 @@ from tiny import tiny_config
 from transformers import BertConfig, BertModel
 
 from berter.checkpoint import load_model, load_tokenizer, run_from_checkpoint, save_model
-from berter.errors import DataError
+from berter.config import Config
+from berter.errors import ConfigError, DataError
 from berter.exits.base import ExitContext
 from berter.exits.calibration import operating_point, thresholds_from_metrics
 from berter.exits.engine import measure_speedup, prepare, run_exits, sample, speed_metrics
@@ -245,6 +246,16 @@ def test_run_from_checkpoint_scores_the_saved_model_on_its_own_slices(tmp_path):
     assert again.encoded["sst"]["calib"].labels == run.encoded["sst"]["calib"].labels
     full = run_from_checkpoint(tmp_path)
     assert full.evaluate("dev").dev_score == pytest.approx(run.evaluate("dev").dev_score, abs=1e-6)
+
+
+def test_a_checkpoint_saved_with_a_retired_config_field_still_loads(tmp_path):
+    run = make_run()
+    save_model(run, tmp_path, {"sst": None, "para": None, "sts": None})
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "test_fault": None}))
+    assert load_model(tmp_path)[0] == run.cfg
+    with pytest.raises(ConfigError, match="unknown config field"):
+        Config.from_dict({**saved, "test_fault": None})  # a user's config may not name it
 
 
 def test_load_model_of_a_missing_checkpoint_is_a_data_error(tmp_path):
