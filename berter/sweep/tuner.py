@@ -270,8 +270,8 @@ def run(
     address: str | None,
     callbacks: list | None = None,
     retry_errored: bool = False,
-) -> int:
-    """Run (or resume) the sweep; exit status 0 when it succeeded (``summary``), else 1."""
+) -> bool:
+    """Run (or resume) the sweep and print its summary; True when it succeeded (``summary``)."""
     from ray.tune import Tuner
 
     from berter.sweep.store import Store
@@ -293,7 +293,7 @@ def run(
     text, finished = summary(plan)
     print(f"sweep {plan.name} took {time.perf_counter() - started:.0f}s")
     print(text)
-    return 0 if finished else 1
+    return finished
 
 
 def early_ray(started: list[bool]) -> Callable[[], None]:
