@@ -79,6 +79,12 @@ def test_three_trial_sweep_writes_the_three_tables(local_ray, tiny_model, tmp_pa
     assert (trials.setup_seconds > 0).all() and (trials.started_at < trials.updated_at).all()
     assert (tmp_path / "three" / SWEEP_FILE).exists() and (tmp_path / "three" / "ray").is_dir()
     assert "best trials by dev_score" in out and "[" in out  # progress lines and summary
+    # off a terminal (captured here): one plain line per event, no live view (test_progress)
+    assert "\x1b" not in out and "best so far" not in out
+    events = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(events) == 9  # 3 trials x (2 epochs + their end)
+    assert sum(" epoch 2/2 dev " in e for e in events) == 3
+    assert sum(" terminated best dev " in e for e in events) == 3
     # each trial row names its best epoch's checkpoint, which `berter infer` runs as it is
     best = trials.sort_values("dev_score").iloc[-1]
     assert Path(best.checkpoint).is_dir()

@@ -40,8 +40,9 @@ class TrialNamer:
 
 
 def quiet_ray() -> None:
-    """Our own progress lines replace Ray's tables; JSON/CSV trial logs stay, TensorBoard goes
-    (it cannot log the exit tables and warns on every result)."""
+    """Our own progress (the results writer's lines, berter.sweep.progress's live view on a
+    terminal) replaces Ray's tables; JSON/CSV trial logs stay, TensorBoard goes (it cannot log
+    the exit tables and warns on every result)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -95,6 +96,7 @@ def build_tuner(
     from ray.tune.search import ConcurrencyLimiter
 
     from berter.sweep import study
+    from berter.sweep.progress import LiveProgress
     from berter.sweep.searcher import asha, make_searcher
     from berter.sweep.tracking import tracking_callbacks
     from berter.sweep.trainable import TrialSpec, trainable_with_resources
@@ -152,6 +154,7 @@ def build_tuner(
             storage_path=plan.directory,
             callbacks=[
                 writer,
+                LiveProgress(plan.name, plan.objective[0], plan.modes[0], plan.base["epochs"]),
                 JsonLoggerCallback(),
                 CSVLoggerCallback(),
                 *tracking_callbacks(plan.tracking, plan.name),
