@@ -159,9 +159,14 @@ def render(snap: Snapshot, now: float | None = None) -> RenderableType:
     """The view: a header with the time, the counts, the running trials, the best so far."""
     now = time.monotonic() if now is None else now
     left = seconds_left(snap, now)
-    left_txt = f"~{duration(left)} left (at most)" if left is not None else "time left: estimating"
-    header = Text(f"sweep {snap.name}: {duration(now - snap.started)} elapsed, {left_txt}", "bold")
     n = counts(snap)
+    if n["running"] + n["pending"] == 0:
+        left_txt = "no trial left"
+    elif left is None:
+        left_txt = "time left: estimating"
+    else:
+        left_txt = f"~{duration(left)} left (at most)"
+    header = Text(f"sweep {snap.name}: {duration(now - snap.started)} elapsed, {left_txt}", "bold")
     tally = Text(" · ".join(f"{state} {n[state]}" for state in STATES))
     running = [t for t in snap.trials if t.state == "running"]
     table = Table(box=None, pad_edge=False, show_edge=False)
