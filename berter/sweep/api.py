@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-@dataclass
+@dataclass(eq=False)  # DataFrames have no single truth value to compare by
 class SweepResult:
     """What a sweep leaves: its plan, the three tables as berter.results.read_results reads
     them, and whether it succeeded (every trial done, one at least with a score: the command
