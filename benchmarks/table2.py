@@ -39,8 +39,8 @@ from berter.errors import ArgumentParser, one_line_errors, positive_int  # noqa:
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 COLUMNS = ("dev_score", "sst_acc", "para_acc", "sts_corr", "train_seconds", "avg_exit_layer",
            "speedup_wall")  # fmt: skip
-QUICK = {"max_train": 40, "max_dev": 40, "epochs": 1, "seeds": 2, "max_len": 64}
-FULL = {"max_train": 1000, "max_dev": 1000, "epochs": 3, "seeds": 3, "max_len": 128}
+QUICK = {"max_train": 40, "max_dev": 40, "epochs": 1, "seeds": 2, "max_len": 64, "cpus": 1}
+FULL = {"max_train": 1000, "max_dev": 1000, "epochs": 3, "seeds": 3, "max_len": 128, "cpus": 2}
 
 
 TOLERANCE = 0.01  # "keeps the score": the paired difference's interval stays above -1 point
@@ -200,7 +200,8 @@ def sweep_command(args: argparse.Namespace) -> list[str]:
             "--seeds", str(1 if args.probe else args.seeds), "--epochs", str(args.epochs),
             "--max-train", str(args.max_train), "--max-dev", str(args.max_dev),
             "--max-len", str(args.max_len), "--model", args.model,
-            "--cpus-per-trial", str(args.cpus), "--max-concurrent", "1"]  # fmt: skip
+            "--cpus-per-trial", str(args.cpus),
+            *([] if args.quick else ["--max-concurrent", "1"])]  # fmt: skip
 
 
 def cell(mean: float, low: float, high: float, digits: int = 3) -> str:
@@ -269,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=positive_int, help="tokens per sentence (or pair)")
     p.add_argument("--epochs", type=positive_int, help="epochs per run")
     p.add_argument("--seeds", type=positive_int, help="seeds per preset")
-    p.add_argument("--cpus", type=positive_int, default=2, help="CPUs per trial")
+    p.add_argument("--cpus", type=positive_int,
+                   help="CPUs per trial (full run 2: one trial at a time, timed alone; --quick 1)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the named run")
     p.add_argument("--report", action="store_true", help="only report the results so far")
     p.add_argument("--markdown", action="store_true",
