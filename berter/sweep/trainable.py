@@ -191,11 +191,11 @@ class NoCudaError(RuntimeError):
     """A trial holds a GPU but torch on its node cannot use CUDA (one line: the trial's error)."""
 
     def __init__(self, gpus: list[Any]):
-        cuda = torch.version.cuda or "none (a CPU build)"
+        built = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build"
         super().__init__(
             f"this trial holds GPU {','.join(map(str, gpus))} on {platform.node()}, but torch "
-            f"{torch.__version__} (CUDA {cuda}) sees no CUDA device; install torch's CUDA "
-            "build and the NVIDIA driver on the GPU workers, or sweep with --gpus-per-trial 0"
+            f"{torch.__version__} ({built}) sees no CUDA device; install torch's CUDA build "
+            "and the NVIDIA driver on the GPU workers, or sweep with --gpus-per-trial 0"
         )
 
 
