@@ -323,4 +323,4 @@ def test_autoscaler_adds_gpu_workers_for_the_sweep_a_lost_one_is_resumed_and_idl
     assert len(restarts) == 2 and restarts[0] == lost and restarts[1] != lost
     epochs = read_results(sweep_dir)["epochs"].set_index(["trial_id", "epoch"]).reported_at
     assert epochs[(stalled, 1)] == before.reported_at[(stalled, 1)]  # not trained again
-    assert "idle" in monitor  # the autoscaler removed the workers as idle
+    assert "nodes of type gpu_worker (idle)" in monitor  # the autoscaler removed them as idle

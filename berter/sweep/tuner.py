@@ -1,9 +1,10 @@
 """Run a planned sweep: Ray, the ``tune.Tuner`` and its callbacks, and the end-of-sweep summary.
 
 A private local Ray instance is started while the plan is checked (:func:`early_ray`; a
-failed check shuts it down again, silently); a cluster is joined after every check. The
-Tuner runs Optuna's TPE (berter.sweep.searcher) behind a ConcurrencyLimiter and ASHA, and
-keeps ``trials/epochs/exits.parquet`` current through
+failed check shuts it down again, silently); a cluster is joined after every check, and
+what it has and can add then sets the GPU and concurrency defaults (berter.sweep.cluster),
+before ``sweep.json`` is saved. The Tuner runs Optuna's TPE (berter.sweep.searcher) behind
+a ConcurrencyLimiter and ASHA, and keeps ``trials/epochs/exits.parquet`` current through
 :class:`berter.sweep.writer.ResultsWriter`.
 
 Layout of one sweep, ``<results>/<name>/``: ``sweep.json`` (the plan; ``--resume`` reads
