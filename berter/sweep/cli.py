@@ -153,9 +153,17 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
     )
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument(
-        "--gpus-per-trial", type=float, help="default 1 when this machine has CUDA, else 0"
+        "--gpus-per-trial",
+        type=float,
+        help="default 1 when this machine has CUDA (with --address: when the cluster has or "
+        "its autoscaler can add GPU workers), else 0",
     )
-    p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit)")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="trials at once (default: as many as fit the cluster scaled up, at most "
+        "--num-samples)",
+    )
     p.add_argument("--name", help="sweep name (default sweep-<date>-<time>)")
     p.add_argument(
         "--results", default="results", help="results root: a directory or s3:// / gs:// URI"
@@ -277,8 +285,14 @@ def main(
 def dry_run_text(plan: Plan, data: Any) -> str:
     """What ``--dry-run`` prints: the resolved plan, nothing started, nothing written."""
     base = plan.base
-    gpus = f", {plan.gpus_per_trial:g} GPU" if plan.gpus_per_trial else ""
-    concurrent = plan.max_concurrent or "as many as the Ray cluster's resources hold"
+    if plan.gpus_per_trial is None:  # --address: read from the cluster when the sweep joins it
+        gpus = ", 1 GPU if the cluster has or can add GPU workers, else none"
+    else:
+        gpus = f", {plan.gpus_per_trial:g} GPU" if plan.gpus_per_trial else ""
+    concurrent = plan.max_concurrent or (
+        f"as many as the Ray cluster holds (counting the workers its autoscaler can add), "
+        f"at most {plan.num_samples}"
+    )
     lines = [
         f"dry run of sweep {plan.name} (nothing started, nothing written)",
         f"results: {plan.directory}",
