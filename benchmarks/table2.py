@@ -154,8 +154,8 @@ def claim_rows(trials) -> list[dict[str, str]]:
             top = means.sort_values("dev_score").iloc[-1].preset
             lines.insert(0, {"pair": f"highest mean dev score: {top}", "apart": "",
                              "verdict": ""})  # fmt: skip
-        overall = (verdicts[0] if verdicts and len(set(verdicts)) == 1
-                   else "mixed" if verdicts else "not run")  # fmt: skip
+        judged = set(verdicts) - {"not run"}  # a pair whose rows are not done yet says nothing
+        overall = judged.pop() if len(judged) == 1 else "mixed" if judged else "not run"
         for i, line in enumerate(lines):
             out.append({"claim": claim.text if i == 0 else "", "overall": overall if i == 0 else "",
                         "metric": claim.metric if i == 0 else "", **line})  # fmt: skip

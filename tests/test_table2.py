@@ -130,3 +130,12 @@ def test_the_best_row_claim_compares_it_with_every_other_row(tmp_path, capsys):
     assert table2.main(["--results", str(tmp_path), "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "| Baseline | 3 |" in out and "| SLF + Smart Alt + Early Exit is the best row |" in out
+
+
+def test_a_claim_is_judged_on_the_pairs_whose_rows_have_run():
+    trials = seeded(3)
+    trials = trials[trials.preset != "SLF + Smart Alt"]  # one of the claim's two pairs not run
+    rows = table2.claim_rows(with_seed_effect(trials, "SLF + Smart Alt + Early Exit", "dev_score", 0.3))
+    start = next(i for i, r in enumerate(rows) if r["claim"] == "Smart Alternating adds to SLF")
+    assert [r["verdict"] for r in rows[start : start + 2]] == ["not run", "supported"]
+    assert rows[start]["overall"] == "supported"
