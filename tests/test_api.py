@@ -29,11 +29,11 @@ def argv(tiny_model: str, results, name: str, *extra: str) -> list[str]:
 def test_a_tiny_sweep_returns_the_three_tables_of_its_results_directory(tiny_model, tmp_path):
     assert not ray.is_initialized()
     tables = berter.sweep.run(
-        **options(tiny_model, tmp_path, "api", search="lr", num_samples=2, epochs=1,
+        **options(tiny_model, tmp_path, "api", search="lr", num_samples=1, epochs=1,
                   scheduler="fifo", max_concurrent=1, cpus_per_trial=1)
     )  # fmt: skip
     assert set(tables) == {"trials", "epochs", "exits"}
-    assert len(tables["trials"]) == 2 and set(tables["trials"].status) == {"terminated"}
+    assert len(tables["trials"]) == 1 and set(tables["trials"].status) == {"terminated"}
     stored = read_results(tmp_path / "api")
     for key in ("trials", "epochs", "exits"):
         assert len(tables[key]) > 0
