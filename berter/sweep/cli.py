@@ -248,26 +248,46 @@ def main(
     prog: str = "python sweeps/run.py",
     callbacks: list | None = None,
 ) -> int:
-    """Command-line entry point; ``callbacks`` are extra Tune callbacks (tests use them)."""
-    parser = build_parser(prog)
+    """Command-line entry point; ``callbacks`` are extra Tune callbacks (tests use them).
+
+    A thin wrapper over the code path of :func:`berter.sweep.run`: parse, :func:`checked`
+    (a problem is one line and exit 2), then :func:`sweep`."""
+    try:
+        args = build_parser(prog).parse_args(argv)
+        plan, data = checked(args)
+    except BerterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return sweep(args, plan, data, callbacks=callbacks)
+
+
+def checked(args: argparse.Namespace) -> tuple[Plan, Any]:
+    """The plan of the parsed options and its data, every option checked; a problem is a
+    BerterError with nothing written (and the Ray instance started meanwhile stopped)."""
     started: list[bool] = []  # whether this call started Ray (to stop it on a late error)
     try:
-        args = parser.parse_args(argv)
         if args.retry_errored and not args.resume:
             raise ConfigError("--retry-errored needs --resume")
         if args.resume:
-            plan, data = resumed(args, parser)
+            plan, data = resumed(args, build_parser())
         else:
             early = not (args.address or args.dry_run)
             plan, data = make_plan(args, alongside=tuner.early_ray(started) if early else None)
         build_callbacks(plan.callbacks)  # importable and buildable, before any trial starts
-    except BerterError as exc:
+    except BerterError:
         if started:  # nothing ran on it; the error stays the only output
             import ray
 
             ray.shutdown()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise
+    return plan, data
+
+
+def sweep(
+    args: argparse.Namespace, plan: Plan, data: Any, *, callbacks: list | None = None
+) -> int:
+    """Print the plan (``--dry-run``: exit status 0, nothing started), or announce it and run
+    the sweep (exit status 0 when it succeeded, else 1: berter.sweep.tuner.summary)."""
     if args.dry_run:
         print(dry_run_text(plan, data))
         return 0
