@@ -16,6 +16,9 @@ Scale (default): 1,000 training and 1,000 dev examples per task, 3 epochs, 3 see
 packaged 6-layer backbone: chosen so that the 36 runs fit about 6 hours of a 2-core machine
 (the probe measures one run; REPRODUCTION.md records the scale actually run).
 
+``--markdown`` prints the tables REPRODUCTION.md shows: per preset beside the paper's row, and
+each of the paper's claims with its verdict from paired differences over seeds (``CLAIMS``).
+
 Last line: ``table2: ...`` (rows done, best preset and its dev score interval, the Baseline's).
 """
 
@@ -26,6 +29,7 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +39,153 @@ from berter.errors import ArgumentParser, one_line_errors, positive_int  # noqa:
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 COLUMNS = ("dev_score", "sst_acc", "para_acc", "sts_corr", "train_seconds", "avg_exit_layer",
            "speedup_wall")  # fmt: skip
-QUICK = {"max_train": 40, "max_dev": 40, "epochs": 1, "seeds": 2, "max_len": 64}
-FULL = {"max_train": 1000, "max_dev": 1000, "epochs": 3, "seeds": 3, "max_len": 128}
+QUICK = {"max_train": 40, "max_dev": 40, "epochs": 1, "seeds": 2, "max_len": 64, "cpus": 1}
+FULL = {"max_train": 1000, "max_dev": 1000, "epochs": 3, "seeds": 3, "max_len": 128, "cpus": 2}
+
+
+TOLERANCE = 0.01  # "keeps the score": the paired difference's interval stays above -1 point
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims, checked on pairs of rows: ``row`` against ``reference``.
+
+    ``sign`` +1: the claim says ``row`` is higher on ``metric``; -1: lower. ``kind`` "keeps":
+    ``row`` loses at most TOLERANCE and is faster (speedup_wall above 1); "best": ``row`` beats
+    every other row (the pairs are filled in from the results)."""
+
+    text: str
+    pairs: tuple[tuple[str, str], ...] = ()
+    metric: str = "dev_score"
+    sign: int = 1
+    kind: str = "differs"
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("Concatenation before the embedding beats after",
+          (("SLF + Conc Before Embed", "SLF"),)),
+    Claim("SLF improves every row it is added to",
+          (("SLF", "Baseline"), ("SLF + Early Exiting", "Early Exiting"))),
+    Claim("Smart Alternating adds to SLF",
+          (("SLF + Smart Alt", "SLF"), ("SLF + Smart Alt + Early Exit", "SLF + Early Exiting"))),
+    Claim("Early exit keeps the score while saving layers",
+          (("Early Exiting", "Baseline"), ("Full SMART + Early Exiting", "Full SMART"),
+           ("SLF + Early Exiting", "SLF"), ("SLF + Smart Alt + Early Exit", "SLF + Smart Alt")),
+          kind="keeps"),
+    Claim("The cosine-loss rows train fastest",
+          (("Cos Loss + Early Exiting", "Early Exiting"),
+           ("SLF + Smart Alt + Early Exit + Cos Loss", "SLF + Smart Alt + Early Exit")),
+          metric="train_seconds", sign=-1),
+    Claim("SMART on all tasks hurts SST", (("Full SMART", "Baseline"),
+          ("Full SMART + Early Exiting", "Early Exiting")), metric="sst_acc", sign=-1),
+    Claim("SMART on all tasks hurts STS", (("Full SMART", "Baseline"),
+          ("Full SMART + Early Exiting", "Early Exiting")), metric="sts_corr", sign=-1),
+    Claim("SLF + Smart Alt + Early Exit is the best row", kind="best"),
+)  # fmt: skip
+BEST_ROW = "SLF + Smart Alt + Early Exit"
+
+
+def axes_apart(row: str, reference: str) -> str:
+    """The axes on which two paper rows differ (more than one: the comparison is confounded)."""
+    from berter.variants import PAPER_PRESETS
+
+    a, b = PAPER_PRESETS[row], PAPER_PRESETS[reference]
+    return ", ".join(f"{k}={a[k]}" for k in a if a[k] != b[k])
+
+
+def paired(trials, row: str, reference: str, metric: str):
+    """Mean paired difference row - reference over the seeds both finished, and its 95%
+    t-interval (with 3 seeds a percentile bootstrap cannot be wider than the spread of the
+    three differences; the t-interval is the honest one at this n)."""
+    from berter.results import finished_runs, per_seed, t_interval
+
+    runs = finished_runs(trials)
+    mine = per_seed(runs[runs.preset == row], (metric,))
+    base = per_seed(runs[runs.preset == reference], (metric,))
+    common = mine.index.intersection(base.index)
+    return t_interval((mine.loc[common, metric] - base.loc[common, metric]).tolist())
+
+
+def verdict(interval, sign: int, kind: str = "differs", faster=None) -> str:
+    """supported / not supported / reversed / n=1 from a paired interval."""
+    if interval.n == 0:
+        return "not run"
+    if interval.n == 1:
+        return "n=1, no verdict"
+    low, high = sign * interval.low, sign * interval.high
+    low, high = min(low, high), max(low, high)
+    if kind == "keeps":
+        if low >= -TOLERANCE and (faster is None or faster.low > 1.0):
+            return "supported"
+        return "reversed" if high < -TOLERANCE else "not supported"
+    if low > 0:
+        return "supported"
+    return "reversed" if high < 0 else "not supported"
+
+
+def claim_rows(trials) -> list[dict[str, str]]:
+    """One row per (claim, pair): the paired difference, its interval, the axes apart, the
+    verdict; a claim's first row carries the claim's overall verdict."""
+    from berter.results import finished_runs, per_seed, summarise_seeds, t_interval
+
+    runs = finished_runs(trials)
+    done = list(dict.fromkeys(runs.preset))
+    out = []
+    for claim in CLAIMS:
+        pairs = claim.pairs
+        if claim.kind == "best":
+            pairs = tuple((BEST_ROW, other) for other in done if other != BEST_ROW)
+        verdicts, lines = [], []
+        for row, reference in pairs:
+            d = paired(trials, row, reference, claim.metric)
+            faster = None
+            if claim.kind == "keeps":
+                seeds = per_seed(runs[runs.preset == row], ("speedup_wall",))
+                faster = t_interval(seeds["speedup_wall"].tolist())
+            v = verdict(d, claim.sign, claim.kind, faster)
+            verdicts.append(v)
+            digits = 0 if claim.metric == "train_seconds" else 3
+            text = f"{row} - {reference}: {cell(d.mean, d.low, d.high, digits)}"
+            if faster is not None:
+                text += f"; speedup {cell(faster.mean, faster.low, faster.high, 2)}"
+            lines.append({"pair": text, "apart": axes_apart(row, reference), "verdict": v})
+        if claim.kind == "best" and len(done):
+            means = summarise_seeds(trials, by="preset", metrics=("dev_score",))
+            top = means.sort_values("dev_score").iloc[-1].preset
+            lines.insert(0, {"pair": f"highest mean dev score: {top}", "apart": "",
+                             "verdict": ""})  # fmt: skip
+        judged = set(verdicts) - {"not run"}  # a pair whose rows are not done yet says nothing
+        overall = judged.pop() if len(judged) == 1 else "mixed" if judged else "not run"
+        for i, line in enumerate(lines):
+            out.append({"claim": claim.text if i == 0 else "", "overall": overall if i == 0 else "",
+                        "metric": claim.metric if i == 0 else "", **line})  # fmt: skip
+    return out
+
+
+def markdown(directory: Path) -> str:
+    """REPRODUCTION.md's tables: per preset (mean [95% CI] over seeds) beside the paper's
+    printed row, then the claims."""
+    import pandas as pd
+
+    from berter.report.render import markdown_table
+    from berter.results import read_results, summarise_seeds
+    from berter.variants import PAPER_TABLE2
+
+    trials = read_results(directory)["trials"]
+    rows = summarise_seeds(trials, by="preset")
+    table = []
+    for _, r in rows.iterrows():
+        paper = PAPER_TABLE2.get(r.preset, {})
+        line = {"preset": r.preset, "n": int(r.n_seeds)}
+        for c in COLUMNS:
+            line[c] = cell(r[c], r[f"{c}_low"], r[f"{c}_high"], 0 if c == "train_seconds" else 3)
+        line["paper dev / SST / para / STS / minutes"] = (
+            " / ".join(f"{paper[k]:.3f}" for k in ("dev_score", "sst_acc", "para_acc", "sts_corr"))
+            + f" / {paper['train_minutes']}" if paper else "-"
+        )
+        table.append(line)
+    return (markdown_table(pd.DataFrame(table)) + "\n\n"
+            + markdown_table(pd.DataFrame(claim_rows(trials))) + "\n")  # fmt: skip
 
 
 def sweep_command(args: argparse.Namespace) -> list[str]:
@@ -51,7 +200,8 @@ def sweep_command(args: argparse.Namespace) -> list[str]:
             "--seeds", str(1 if args.probe else args.seeds), "--epochs", str(args.epochs),
             "--max-train", str(args.max_train), "--max-dev", str(args.max_dev),
             "--max-len", str(args.max_len), "--model", args.model,
-            "--cpus-per-trial", str(args.cpus), "--max-concurrent", "1"]  # fmt: skip
+            "--cpus-per-trial", str(args.cpus),
+            *([] if args.quick else ["--max-concurrent", "1"])]  # fmt: skip
 
 
 def cell(mean: float, low: float, high: float, digits: int = 3) -> str:
@@ -120,9 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=positive_int, help="tokens per sentence (or pair)")
     p.add_argument("--epochs", type=positive_int, help="epochs per run")
     p.add_argument("--seeds", type=positive_int, help="seeds per preset")
-    p.add_argument("--cpus", type=positive_int, default=2, help="CPUs per trial")
+    p.add_argument("--cpus", type=positive_int,
+                   help="CPUs per trial (full run 2: one trial at a time, timed alone; --quick 1)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the named run")
     p.add_argument("--report", action="store_true", help="only report the results so far")
+    p.add_argument("--markdown", action="store_true",
+                   help="only print REPRODUCTION.md's tables (presets, claims) of the results so far")  # fmt: skip
     args = p.parse_args(argv)
     scale = QUICK if args.quick else FULL
     for key, value in scale.items():
@@ -130,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     default = "table2-probe" if args.probe else "table2-quick" if args.quick else "table2"
     args.name = args.name or default
+    if args.markdown:
+        print(markdown(args.results / args.name))
+        return 0
     if not args.report:
         cmd = sweep_command(args)
         print("$ " + " ".join(c if " " not in c else repr(c) for c in cmd), flush=True)

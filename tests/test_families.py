@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
+from engine_check import assert_engine_exits_where_the_simulation_says
 from tiny import tiny_config
 from transformers import (
     AlbertConfig,
@@ -31,8 +31,6 @@ from berter.checkpoint import load_model, save_model
 from berter.data.encode import encode, get_tokenizer, make_batches
 from berter.data.files import load_data
 from berter.errors import ConfigError
-from berter.exits.base import ExitContext
-from berter.exits.engine import prepare, run_exits
 from berter.exits.rules import build_exit_method
 from berter.infer import main as infer_main
 from berter.model.families import FAMILIES, check_model_type, family_of
@@ -306,34 +304,7 @@ def test_engine_exits_where_the_post_hoc_simulation_says_on_every_family(
 ):
     cfg = tiny_config(strategy="joint", exit_method=exit_method, max_dev=8)
     run = TrainingRun(cfg, data, backbone=tiny_family(model_type, layers=4, init=0.5))
-    dev = run.evaluate("dev")
-    mixed = False
-    for task in run.tasks:
-        te = dev.tasks[task.name]
-        ctx = ExitContext.from_model(run.model, task)
-        signals = run.method.layer_signals(ctx, te.logits, te.pooled)
-        param = splitting_param(run.method, signals)
-        simulated = run.method.exit_layers(signals, param)
-        sim_preds = np.stack(te.preds)[simulated, np.arange(len(simulated))]
-        mixed |= len(np.unique(simulated)) > 1
-        for batch_size in (1, 4):  # 4: exited rows leave the batch mid-way
-            batches = prepare(run.encoded[task.name]["dev"], batch_size, "cpu")
-            got = run_exits(run.model, run.method, batches, task, param)
-            assert got.exit_layers.tolist() == (simulated + 1).tolist(), (task.name, batch_size)
-            assert np.allclose(got.preds, sim_preds, atol=1e-4), (task.name, batch_size)
-    assert mixed, "the chosen params should send examples out at different layers"
-
-
-def splitting_param(method, signals: torch.Tensor) -> float:
-    """A scalar that sends some examples out at layer 1 and keeps others, far from any signal."""
-    if method.name == "patience":
-        return 1.0
-    s = np.sort(signals[0].numpy())
-    s = s[np.isfinite(s)]
-    if len(s) < 2:
-        return 0.5
-    k = int(np.argmax(np.diff(s)))
-    return float((s[k] + s[k + 1]) / 2)
+    assert_engine_exits_where_the_simulation_says(run)
 
 
 # ------------------------------------------------------------------ SMART

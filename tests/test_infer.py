@@ -1,9 +1,9 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
+from engine_check import assert_engine_exits_where_the_simulation_says, splitting_param
 from exit_costs import TYPICAL
 from tiny import tiny_config
 from transformers import BertConfig, BertModel
@@ -38,18 +38,6 @@ def make_run(**overrides) -> TrainingRun:
     return TrainingRun(cfg, backbone=varied_backbone(), exit_costs=TYPICAL)
 
 
-def splitting_param(method, signals: torch.Tensor) -> float:
-    """A scalar that sends some examples out at layer 1 and keeps others, far from any signal."""
-    if method.name == "patience":
-        return 1.0
-    s = np.sort(signals[0].numpy())
-    s = s[np.isfinite(s)]
-    if len(s) < 2:
-        return 0.5
-    k = int(np.argmax(np.diff(s)))
-    return float((s[k] + s[k + 1]) / 2)
-
-
 @pytest.mark.parametrize(
     "name,overrides",
     [
@@ -64,23 +52,7 @@ def splitting_param(method, signals: torch.Tensor) -> float:
     ],
 )
 def test_engine_exits_where_the_post_hoc_simulation_says(name, overrides):
-    run = make_run(exit_method=name, **overrides)
-    dev = run.evaluate("dev")
-    mixed = False
-    for task in run.tasks:
-        te = dev.tasks[task.name]
-        ctx = ExitContext.from_model(run.model, task)
-        signals = run.method.layer_signals(ctx, te.logits, te.pooled)
-        param = splitting_param(run.method, signals)
-        simulated = run.method.exit_layers(signals, param)
-        sim_preds = np.stack(te.preds)[simulated, np.arange(len(simulated))]
-        mixed |= len(np.unique(simulated)) > 1
-        for batch_size in (1, 4):
-            batches = prepare(run.encoded[task.name]["dev"], batch_size, "cpu")
-            got = run_exits(run.model, run.method, batches, task, param)
-            assert got.exit_layers.tolist() == (simulated + 1).tolist(), (task.name, batch_size)
-            assert np.allclose(got.preds, sim_preds, atol=1e-4), (task.name, batch_size)
-    assert mixed, "the chosen params should send examples out at different layers"
+    assert_engine_exits_where_the_simulation_says(make_run(exit_method=name, **overrides))
 
 
 @pytest.mark.parametrize("name", ["confidence", "patience"])

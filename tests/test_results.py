@@ -2,6 +2,8 @@
 
 import math
 import os
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import cloudpickle
@@ -21,7 +23,7 @@ from berter.sweep.store import (
     trial_schema,
 )
 from berter.sweep.trainable import TrialSpec
-from berter.sweep.writer import ResultsWriter, error_message, summarise_trial
+from berter.sweep.writer import URI_INTERVAL, ResultsWriter, error_message, summarise_trial
 from berter.variants import Variant
 
 AXES_DEFAULT = {a: getattr(tiny_config(), a) for a in AXES}
@@ -339,3 +341,46 @@ def test_a_new_exit_method_with_one_setting_reaches_trials_parquet_and_the_repor
     report = build_report(tmp_path)
     assert "gap_margin" in report.hyperparameters
     assert report.variant_table().iloc[0]["gap_margin"] == "0.4"  # the best trial's value
+
+
+def test_an_object_store_writer_rewrites_at_most_every_interval_but_always_at_a_trial_end(tmp_path):
+    now = [0.0]
+    w = ResultsWriter(str(tmp_path), TrialSpec(tiny_config().to_dict(), [VARIANT]), "t",
+                      ("sst", "para", "sts"), echo=False, min_interval=30.0,
+                      clock=lambda: now[0])  # fmt: skip
+    w.setup()
+    t = make_trial("a")
+    w.on_trial_start(0, [], t)  # the first write is due at once
+    epochs_written = lambda: len(pd.read_parquet(tmp_path / "epochs.parquet"))  # noqa: E731
+    now[0] = 10.0
+    w.on_trial_result(0, [], t, result(1, 0.5))
+    assert epochs_written() == 0 and w.pending  # held back: 10 s since the last rewrite
+    now[0] = 29.0
+    w.on_step_begin(0, [t])
+    assert epochs_written() == 0
+    now[0] = 31.0
+    w.on_step_begin(0, [t])  # the interval has passed: the pending rows are written
+    assert epochs_written() == 1 and not w.pending
+    now[0] = 32.0
+    w.on_trial_result(0, [], t, result(2, 0.6))
+    assert epochs_written() == 1
+    w.on_trial_complete(0, [], t)  # a trial's end is written whatever the interval
+    assert epochs_written() == 2
+    assert pd.read_parquet(tmp_path / "trials.parquet").status.tolist() == ["stopped-early"]  # 2 of 3
+
+
+def test_a_local_results_directory_is_rewritten_at_every_event_and_an_object_store_throttled():
+    spec = TrialSpec(tiny_config().to_dict(), [VARIANT])
+    assert ResultsWriter("/tmp/r", spec, "t", ("sst",)).min_interval == 0
+    assert ResultsWriter("s3://bucket/r", spec, "t", ("sst",)).min_interval == URI_INTERVAL > 0
+
+
+def test_throttled_writes_stay_flat_per_trial_epoch_as_the_sweep_grows():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import store_bytes
+
+    small = store_bytes.simulate(8, 2, 4, URI_INTERVAL)[0] / 16
+    large = store_bytes.simulate(32, 2, 4, URI_INTERVAL)[0] / 64
+    every = store_bytes.simulate(8, 2, 4, 0.0)[0] / 16
+    assert large < 1.1 * small  # bytes per trial-epoch: flat
+    assert small < every / 2  # and well below a rewrite at every event

@@ -68,3 +68,74 @@ def test_the_report_gives_each_preset_its_mean_and_interval_over_seeds(tmp_path,
     assert f"{mean:.3f} [{low:.3f}, {high:.3f}]" in out  # the Baseline's row
     assert headline.startswith("table2: 12/12 presets, 3-3 seeds; best ")
     assert f"Baseline {mean:.3f} [{low:.3f}, {high:.3f}]" in headline
+
+
+def with_seed_effect(trials: pd.DataFrame, preset: str, metric: str, shift: float) -> pd.DataFrame:
+    """``trials`` with ``preset``'s ``metric`` moved by ``shift`` plus a little seed noise."""
+    out = trials.copy()
+    rows = out.preset == preset
+    out.loc[rows, metric] = out.loc[rows, metric] + shift + 0.001 * out.loc[rows, "seed"]
+    return out
+
+
+def test_a_claim_is_supported_when_its_paired_interval_excludes_zero_in_its_direction():
+    trials = seeded(3)
+    ref = trials.loc[trials.preset == "SLF", "dev_score"].iloc[0]
+    trials.loc[trials.preset == "SLF + Conc Before Embed", "dev_score"] = ref
+    up = with_seed_effect(trials, "SLF + Conc Before Embed", "dev_score", 0.05)
+    down = with_seed_effect(trials, "SLF + Conc Before Embed", "dev_score", -0.05)
+    claim = table2.CLAIMS[0]
+    assert claim.pairs == (("SLF + Conc Before Embed", "SLF"),)
+    assert table2.claim_rows(up)[0]["verdict"] == "supported"
+    assert table2.claim_rows(down)[0]["verdict"] == "reversed"
+    noisy = trials.copy()  # differences of +0.02, -0.02, +0.001 over the three seeds
+    rows = noisy.preset == "SLF + Conc Before Embed"
+    noisy.loc[rows, "dev_score"] = noisy.loc[rows, "dev_score"] + noisy.loc[rows, "seed"].map(
+        {0: 0.02, 1: -0.02, 2: 0.001}
+    )
+    assert table2.claim_rows(noisy)[0]["verdict"] == "not supported"
+
+
+def test_the_paired_difference_is_the_t_interval_of_per_seed_differences():
+    trials = with_seed_effect(seeded(3), "SLF", "dev_score", 0.03)
+    got = table2.paired(trials, "SLF", "Baseline", "dev_score")
+    a = trials[trials.preset == "SLF"].sort_values("seed").dev_score.to_numpy()
+    b = trials[trials.preset == "Baseline"].sort_values("seed").dev_score.to_numpy()
+    want = t_interval(a - b)
+    assert np.allclose(got[:3], want[:3]) and got.n == 3
+
+
+def test_early_exit_keeps_the_score_only_when_it_is_also_faster():
+    interval = t_interval([-0.004, -0.002, -0.003])
+    assert table2.verdict(interval, 1, "keeps", t_interval([1.6, 1.7, 1.65])) == "supported"
+    assert table2.verdict(interval, 1, "keeps", t_interval([0.95, 1.1, 1.0])) == "not supported"
+    assert table2.verdict(t_interval([-0.05, -0.04, -0.06]), 1, "keeps") == "reversed"
+
+
+def test_one_seed_gives_no_verdict_and_the_comparison_names_the_axes_apart():
+    rows = table2.claim_rows(seeded(1))
+    assert rows[0]["verdict"] == "n=1, no verdict"
+    assert rows[0]["apart"] == "concat=before_embed"
+    slf = [r for r in rows if r["pair"].startswith("SLF - Baseline")][0]
+    assert "slf=on" in slf["apart"] and "smart=para" in slf["apart"]  # a confounded pair says so
+
+
+def test_the_best_row_claim_compares_it_with_every_other_row(tmp_path, capsys):
+    trials = with_seed_effect(seeded(3), table2.BEST_ROW, "dev_score", 0.5)
+    rows = table2.claim_rows(trials)
+    start = next(i for i, r in enumerate(rows) if r["claim"].endswith("is the best row"))
+    assert rows[start]["pair"] == f"highest mean dev score: {table2.BEST_ROW}"
+    assert rows[start]["overall"] == "supported" and len(rows) - start == 1 + 11
+    write_results(tmp_path / "table2", {**synthetic_results(), "trials": trials})
+    assert table2.main(["--results", str(tmp_path), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| Baseline | 3 |" in out and "| SLF + Smart Alt + Early Exit is the best row |" in out
+
+
+def test_a_claim_is_judged_on_the_pairs_whose_rows_have_run():
+    trials = seeded(3)
+    trials = trials[trials.preset != "SLF + Smart Alt"]  # one of the claim's two pairs not run
+    rows = table2.claim_rows(with_seed_effect(trials, "SLF + Smart Alt + Early Exit", "dev_score", 0.3))
+    start = next(i for i, r in enumerate(rows) if r["claim"] == "Smart Alternating adds to SLF")
+    assert [r["verdict"] for r in rows[start : start + 2]] == ["not run", "supported"]
+    assert rows[start]["overall"] == "supported"

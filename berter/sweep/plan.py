@@ -64,7 +64,9 @@ class Plan:
     modes: list[str]
     max_t: int
     cpus_per_trial: float
-    gpus_per_trial: float
+    # None: not given, on a cluster (--address): set when the sweep joins it, from what the
+    # cluster has and can add (berter.sweep.tuner.size_for_cluster), before sweep.json is saved
+    gpus_per_trial: float | None
     max_concurrent: int | None
     max_failures: int
     seed: int  # the searcher's, the data subsets' and the first training seed
@@ -377,14 +379,17 @@ def _scheduler(
     return requested, []
 
 
-def _gpus_per_trial(args: argparse.Namespace) -> float:
-    """``--gpus-per-trial``, else one GPU per trial when this machine has CUDA (a cluster's
-    workers cannot be seen from here: 0 unless asked)."""
+def _gpus_per_trial(args: argparse.Namespace) -> float | None:
+    """``--gpus-per-trial``; else, on a cluster, None: decided when the sweep joins it (from
+    the GPU nodes it has and its autoscaler can add; they cannot be seen from here); else one
+    GPU per trial when this machine has CUDA."""
     if args.gpus_per_trial is not None:
         return args.gpus_per_trial
+    if args.address:
+        return None
     import torch
 
-    return 1.0 if (torch.cuda.is_available() and not args.address) else 0.0
+    return 1.0 if torch.cuda.is_available() else 0.0
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

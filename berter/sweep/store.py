@@ -25,7 +25,8 @@ Column types come from explicit pyarrow schemas. Every write goes to a temporary
 same directory and is renamed over the old file (object stores: one PUT), so a sweep killed
 at any moment leaves readable files holding every finished trial. The files are rewritten by
 :class:`berter.sweep.writer.ResultsWriter`, a Tune callback on the driver, as trials report
-and finish. This module does not import Ray, so the report can read through it.
+and finish (on an object store at most every 30 s between trial ends: its docstring). This
+module does not import Ray, so the report can read through it.
 """
 
 from __future__ import annotations
@@ -315,8 +316,9 @@ class Store:
             return pafs.LocalFileSystem().get_file_info(str(self.local / name)).type
         return self.fs.get_file_info(self._remote(name) if name else self.path).type
 
-    def write_bytes(self, name: str, data: bytes) -> None:
-        """Atomic replace: temporary file in the same directory, then os.replace."""
+    def write_bytes(self, name: str, data: bytes) -> int:
+        """Atomic replace: temporary file in the same directory, then os.replace. Returns the
+        bytes written."""
         if self.local is not None:
             self.local.mkdir(parents=True, exist_ok=True)
             tmp = self.local / f".{name}.{os.getpid()}.tmp"
@@ -328,6 +330,7 @@ class Store:
         else:  # an object store PUT replaces the object whole
             with self.fs.open_output_stream(self._remote(name)) as f:
                 f.write(data)
+        return len(data)
 
     def read_bytes(self, name: str) -> bytes | None:
         if self.local is not None:
@@ -338,10 +341,10 @@ class Store:
         with self.fs.open_input_stream(self._remote(name)) as f:
             return f.readall()
 
-    def write_table(self, name: str, table: pa.Table) -> None:
+    def write_table(self, name: str, table: pa.Table) -> int:
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        self.write_bytes(name, buf.getvalue())
+        return self.write_bytes(name, buf.getvalue())
 
     def read_table(self, name: str) -> pa.Table | None:
         data = self.read_bytes(name)

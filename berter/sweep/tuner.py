@@ -1,9 +1,10 @@
 """Run a planned sweep: Ray, the ``tune.Tuner`` and its callbacks, and the end-of-sweep summary.
 
 A private local Ray instance is started while the plan is checked (:func:`early_ray`; a
-failed check shuts it down again, silently); a cluster is joined after every check. The
-Tuner runs Optuna's TPE (berter.sweep.searcher) behind a ConcurrencyLimiter and ASHA, and
-keeps ``trials/epochs/exits.parquet`` current through
+failed check shuts it down again, silently); a cluster is joined after every check, and
+what it has and can add then sets the GPU and concurrency defaults (berter.sweep.cluster),
+before ``sweep.json`` is saved. The Tuner runs Optuna's TPE (berter.sweep.searcher) behind
+a ConcurrencyLimiter and ASHA, and keeps ``trials/epochs/exits.parquet`` current through
 :class:`berter.sweep.writer.ResultsWriter`.
 
 Layout of one sweep, ``<results>/<name>/``: ``sweep.json`` (the plan; ``--resume`` reads
@@ -24,6 +25,7 @@ from berter.sweep.plan import RAY_DIR, SWEEP_FILE, Plan
 from berter.sweep.space import BY_NAME, round_robin_points
 
 if TYPE_CHECKING:
+    from berter.sweep.cluster import Cluster
     from berter.variants import Variant
 
 SUMMARY_ROWS = 5
@@ -72,15 +74,31 @@ def start_ray(address: str | None, quiet: bool = False) -> bool:
     return True
 
 
-def default_concurrency(plan: Plan) -> int:
-    """As many trials as the cluster's current CPUs/GPUs hold (at least one)."""
-    import ray
+def default_concurrency(plan: Plan, cluster: Cluster | None = None) -> int:
+    """As many trials as the cluster holds at once, counting the workers its autoscaler can
+    still add (berter.sweep.cluster), and no more than the sweep's trials."""
+    from berter.sweep.cluster import read_cluster
 
-    res = ray.cluster_resources()
-    fits = int(res.get("CPU", 1) // plan.cpus_per_trial)
-    if plan.gpus_per_trial > 0:
-        fits = min(fits, int(res.get("GPU", 0) // plan.gpus_per_trial))
-    return max(1, fits)
+    cluster = cluster or read_cluster()
+    fit = cluster.trials_at_once(plan.cpus_per_trial, plan.gpus_per_trial or 0.0)
+    return max(1, min(plan.num_samples, fit))
+
+
+def size_for_cluster(plan: Plan) -> str:
+    """On a joined cluster (``--address``): the GPU default (one per trial when a node has or
+    the autoscaler can add a GPU; berter.sweep.plan leaves it open until now), and a note
+    of what the cluster offers and what the sweep takes of it."""
+    from berter.sweep.cluster import read_cluster
+
+    cluster = read_cluster()
+    if plan.gpus_per_trial is None:
+        plan.gpus_per_trial = 1.0 if cluster.has_gpus() else 0.0
+    at_once = plan.max_concurrent or default_concurrency(plan, cluster)
+    gpus = f" {plan.gpus_per_trial:g} GPU" if plan.gpus_per_trial else " no GPU"
+    return (
+        f"cluster: {cluster.describe()}; per trial {plan.cpus_per_trial:g} CPU{gpus}, "
+        f"up to {at_once} at once"
+    )
 
 
 def build_tuner(
@@ -273,8 +291,8 @@ def run(
     address: str | None,
     callbacks: list | None = None,
     retry_errored: bool = False,
-) -> bool:
-    """Run (or resume) the sweep and print its summary; True when it succeeded (``summary``)."""
+) -> int:
+    """Run (or resume) the sweep; exit status 0 when it succeeded (``summary``), else 1."""
     from ray.tune import Tuner
 
     from berter.sweep.store import Store
@@ -283,10 +301,12 @@ def run(
     restorable = resume and Tuner.can_restore(plan.storage)
     if resume and not restorable:
         print("resume: no Ray experiment state yet; starting the trials afresh")
-    if not resume:
-        store.write_bytes(SWEEP_FILE, plan.to_json().encode())
     quiet_ray()
     start_ray(address)
+    if address:
+        print(size_for_cluster(plan), flush=True)
+    if not resume:
+        store.write_bytes(SWEEP_FILE, plan.to_json().encode())
     tuner = build_tuner(plan, data, callbacks, resume=restorable, retry_errored=retry_errored)
     started = time.perf_counter()
     tuner.fit()
@@ -296,7 +316,7 @@ def run(
     text, finished = summary(plan)
     print(f"sweep {plan.name} took {time.perf_counter() - started:.0f}s")
     print(text)
-    return finished
+    return 0 if finished else 1
 
 
 def early_ray(started: list[bool]) -> Callable[[], None]:

@@ -2,8 +2,16 @@
 
 :class:`ResultsWriter` runs on the driver. It keeps one row per training run, per run-epoch
 and per run x exit setting (the schemas of :mod:`berter.sweep.store`) and rewrites the three
-files atomically after every event, so a sweep killed at any moment leaves readable files
-holding every finished trial. On ``--resume`` it first loads what is there and merges, and
+files atomically, so a sweep killed at any moment leaves readable files holding every
+finished trial.
+
+When it writes: at every trial's end (finished, stopped, diverged, errored) and at the
+sweep's end; in between, after a report or a checkpoint, at most once per ``min_interval``
+seconds (pending rows are written at the next event or Tune loop step after that), as Tune
+throttles its own experiment snapshots. A local directory gets every event at once (interval
+0: a rewrite is cheap there, and a plain ``pandas.read_parquet`` is current at any moment); an
+object store gets ``URI_INTERVAL``, since each rewrite is three PUTs of every row so far.
+benchmarks/store_bytes.py measures the bytes both ways. On ``--resume`` it first loads what is there and merges, and
 drops the rows of trials Ray's restored experiment does not know, so each trial appears
 exactly once.
 
@@ -17,6 +25,8 @@ epoch whose checkpoint Tune keeps), not at each seed's own luckiest epoch.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -87,6 +97,9 @@ def summarise_trial(
     return row
 
 
+URI_INTERVAL = 30.0  # seconds between rewrites on an object store, trial and sweep ends aside
+
+
 class ResultsWriter(tune.Callback):
     """Tune callback on the driver: keeps the three tables current as trials report.
 
@@ -101,8 +114,15 @@ class ResultsWriter(tune.Callback):
         name: str,
         tasks: list[str] | tuple[str, ...],
         echo: bool = True,
+        min_interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.root = str(root)
+        # seconds between rewrites after reports (module docstring); None: by kind of store
+        self.min_interval = (URI_INTERVAL if is_uri(self.root) else 0.0) if min_interval is None \
+            else min_interval
+        self.clock = clock  # injected by benchmarks/store_bytes.py to simulate hours
+        self.bytes_written = 0  # by this writer: what benchmarks/store_bytes.py counts
         self.spec = spec  # the sweep's TrialSpec: how a trial config becomes a Config
         self.name = name
         self.echo = echo
@@ -118,11 +138,13 @@ class ResultsWriter(tune.Callback):
         self.checkpoints: dict[tuple[str, int], str] = {}
         self.last: dict[str, dict[str, Any]] = {}
         self.pruned = False
+        self.pending = False  # rows changed since the last rewrite
+        self.written_at = -math.inf
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # the files are the state
-        state.update(trials={}, epochs={}, exits={}, checkpoints={}, last={})
+        state.update(trials={}, epochs={}, exits={}, checkpoints={}, last={}, pending=False)
         return state
 
     # -- loading
@@ -214,8 +236,15 @@ class ResultsWriter(tune.Callback):
             row["checkpoint"] = path
         row["updated_at"] = datetime.now(timezone.utc)
 
-    def flush(self) -> None:
-        """Rewrite the three files (each atomically)."""
+    def flush(self, due: bool = True) -> None:
+        """Rewrite the three files (each atomically); with ``due=False`` (after a report or a
+        checkpoint) only when ``min_interval`` has passed since the last rewrite, else mark
+        the rows pending (module docstring)."""
+        now = self.clock()
+        if not due and now - self.written_at < self.min_interval:
+            self.pending = True
+            return
+        self.pending, self.written_at = False, now
         store = Store(self.root)
         trials = sorted(self.trials.values(), key=lambda r: r["trial_id"])
         epochs = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
@@ -223,9 +252,10 @@ class ResultsWriter(tune.Callback):
         for row in trials:
             best = row.get("best_epoch")
             exits.extend(self.exits.get((row["trial_id"], best), []) if best is not None else [])
-        store.write_table(FILES["trials"], to_table(trials, self.trial_schema))
-        store.write_table(FILES["epochs"], to_table(epochs, self.epoch_schema))
-        store.write_table(FILES["exits"], to_table(exits, EXIT_SCHEMA))
+        for key, table in (("trials", to_table(trials, self.trial_schema)),
+                           ("epochs", to_table(epochs, self.epoch_schema)),
+                           ("exits", to_table(exits, EXIT_SCHEMA))):  # fmt: skip
+            self.bytes_written += store.write_table(FILES[key], table)
 
     def _say(self, msg: str) -> None:
         if self.echo:
@@ -235,12 +265,14 @@ class ResultsWriter(tune.Callback):
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if not self.pruned:  # the first step: ``trials`` are exactly the restored ones
             self.prune({t.trial_id for t in trials})
+        if self.pending:  # reports held back by the interval, written once it has passed
+            self.flush(due=False)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for row in self._base_rows(trial):
             row["status"] = "running"
             row["error"] = None
-        self.flush()
+        self.flush(due=False)
 
     def _record(self, row: dict[str, Any], result: dict[str, Any]) -> None:
         """One run's result of one epoch: its epoch row, its exit rows, its trial row."""
@@ -272,7 +304,7 @@ class ResultsWriter(tune.Callback):
         self.last[trial.trial_id] = result
         for row in rows:
             self._refresh(row["trial_id"])
-        self.flush()
+        self.flush(due=False)
         exit_layer = result.get("avg_exit_layer")
         layers = result.get("num_layers")
         exit_txt = f" exit layer {exit_layer:.2f}/{layers}" if exit_layer is not None else ""
@@ -299,7 +331,7 @@ class ResultsWriter(tune.Callback):
         for rid, seed in runs:
             self.checkpoints[(rid, int(epoch))] = run_directory(path, seed, len(runs))
             self._refresh(rid)
-        self.flush()
+        self.flush(due=False)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rows = self._base_rows(trial)
