@@ -1,6 +1,7 @@
 """Sweeps: the Python API (api: ``berter.sweep.run``), the command line (cli), the plan (plan),
 the search space (space), Optuna + ASHA (searcher), one trial (trainable) and its seeds
-(seeds), the Tuner (tuner) and the Parquet results (store, writer)."""
+(seeds), the Tuner (tuner), the live progress on a terminal (progress) and the Parquet
+results (store, writer)."""
 
 from __future__ import annotations
 
