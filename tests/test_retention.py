@@ -93,6 +93,27 @@ def test_a_checkpoint_directory_tune_no_longer_tracks_is_removed_with_the_rest(t
     assert kept(tmp_path) == {"checkpoint_000000": [CHECKPOINT_FILE]}
 
 
+def test_an_object_store_trial_is_trimmed_through_its_storage_filesystem(tmp_path):
+    """Paths as an s3:// or gs:// results root gives them: bucket-relative, on a pyarrow
+    filesystem that is not the local one (here a sub-tree of a local directory)."""
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    manager = _CheckpointManager(checkpoint_config("best"))
+    for epoch, score in ((1, 0.6), (2, 0.5)):
+        path = f"bucket/sweep/ray/trial_a/checkpoint_{epoch - 1:06d}"
+        fs.create_dir(path)
+        for name in (CHECKPOINT_FILE, OPTIMIZER_FILE):
+            with fs.open_output_stream(f"{path}/{name}") as out:
+                out.write(b"x")
+        checkpoint = Checkpoint(path, filesystem=fs)
+        manager.register_checkpoint(_TrainingResult(checkpoint, {"dev_score": score}))
+    storage = SimpleNamespace(storage_filesystem=fs, trial_fs_path="bucket/sweep/ray/trial_a")
+    trial = SimpleNamespace(
+        run_metadata=SimpleNamespace(checkpoint_manager=manager), storage=storage
+    )
+    KeepCheckpoints("best").on_trial_complete(0, [], trial)
+    assert kept(tmp_path / "bucket/sweep/ray/trial_a") == {"checkpoint_000000": [CHECKPOINT_FILE]}
+
+
 # ----------------------------------------------------------------------------- sweeps
 @pytest.fixture(scope="module")
 def local_ray():
