@@ -28,9 +28,14 @@ from berter.sweep.trainable import CHECKPOINT_FILE, OPTIMIZER_FILE
 # ----------------------------------------------------------------------------- the callback
 def tune_trial(root: Path, keep: str, scores: list[float], seeds: int = 1) -> SimpleNamespace:
     """A trial directory with one checkpoint per epoch (each seed's run with its state and
-    optimiser files), registered with Tune's checkpoint manager as the sweep configures it,
-    which deletes what it does not keep; what the callback reads of a Tune Trial."""
+    optimiser files), each shown to the callback and then registered with Tune's checkpoint
+    manager as the sweep configures it (Tune's order), which deletes what it does not keep;
+    what the callback reads of a Tune Trial."""
     manager = _CheckpointManager(checkpoint_config(keep))
+    storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(root))
+    trial = SimpleNamespace(
+        run_metadata=SimpleNamespace(checkpoint_manager=manager), storage=storage
+    )
     for epoch, score in enumerate(scores, start=1):
         directory = root / f"checkpoint_{epoch - 1:06d}"
         runs = [directory / f"seed{s}" for s in range(seeds)] if seeds > 1 else [directory]
@@ -39,11 +44,9 @@ def tune_trial(root: Path, keep: str, scores: list[float], seeds: int = 1) -> Si
             (run / CHECKPOINT_FILE).write_text(f"weights of epoch {epoch}")
             (run / OPTIMIZER_FILE).write_text("moments")
         checkpoint = Checkpoint(str(directory), filesystem=pafs.LocalFileSystem())
+        KeepCheckpoints(keep).on_checkpoint(0, [], trial, checkpoint)
         manager.register_checkpoint(_TrainingResult(checkpoint, {"dev_score": score}))
-    storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), trial_fs_path=str(root))
-    return SimpleNamespace(
-        run_metadata=SimpleNamespace(checkpoint_manager=manager), storage=storage
-    )
+    return trial
 
 
 def kept(root: Path) -> dict[str, list[str]]:
@@ -54,10 +57,13 @@ def kept(root: Path) -> dict[str, list[str]]:
     }
 
 
-def test_while_a_trial_runs_tune_keeps_its_best_and_its_latest_checkpoint(tmp_path):
+def test_while_a_trial_runs_only_its_latest_checkpoint_keeps_the_optimiser_state(tmp_path):
+    """Tune keeps the best epoch's checkpoint and the latest, and resumes from the latest."""
     tune_trial(tmp_path, "best", [0.5, 0.7, 0.6])
-    assert list(kept(tmp_path)) == ["checkpoint_000001", "checkpoint_000002"]
-    assert all(OPTIMIZER_FILE in files for files in kept(tmp_path).values())  # resumable
+    assert kept(tmp_path) == {
+        "checkpoint_000001": [CHECKPOINT_FILE],
+        "checkpoint_000002": sorted([CHECKPOINT_FILE, OPTIMIZER_FILE]),
+    }
 
 
 def test_an_ended_trial_keeps_its_best_epochs_checkpoint_without_the_optimiser_file(tmp_path):
