@@ -39,7 +39,7 @@ from berter.sweep.cli import main as sweep_main
 from berter.sweep.searcher import make_searcher
 from berter.sweep.space import parse_search
 from berter.sweep.store import FILES, read_results
-from berter.sweep.trainable import CHECKPOINT_FILE, TrialSpec
+from berter.sweep.trainable import CHECKPOINT_FILE, OPTIMIZER_FILE, TrialSpec
 from berter.sweep.writer import ResultsWriter
 from berter.variants import Variant
 
@@ -314,9 +314,11 @@ def test_diverged_and_errored_trials_are_failed_in_the_optuna_study(faulty_sweep
 
 
 # ----------------------------------------------------------------------------- 5. disk
-def test_each_trial_keeps_only_its_best_and_latest_checkpoint(faulty_sweep):
-    """CheckpointConfig(num_to_keep=1): the best epoch's checkpoint, plus the latest one while
-    it is not the best (Ray never deletes the latest: a retry resumes from it)."""
+def test_each_ended_trial_keeps_only_its_best_checkpoint_without_optimiser_state(faulty_sweep):
+    """--keep-checkpoints best (the default): while a trial ran, Tune kept its best epoch's
+    checkpoint and its latest (which a retry resumed from); once it has ended (finished, or
+    errored after its retry) the best epoch's is all it keeps, without the optimiser file. A
+    trial that diverged in its first epoch never had one."""
     ray_dir = faulty_sweep["dir"] / "ray"
     for row in faulty_sweep["trials"].itertuples():
         (trial_dir,) = ray_dir.glob(f"*_{row.trial_id}")
@@ -325,8 +327,9 @@ def test_each_trial_keeps_only_its_best_and_latest_checkpoint(faulty_sweep):
             torch.load(d / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["epoch"]
             for d in kept
         }
-        expected = set() if row.status == "diverged" else {row.best_epoch, row.epochs_done}
+        expected = set() if row.status == "diverged" else {row.best_epoch}
         assert len(kept) == len(expected) and epochs == expected, row.trial_id
+        assert not list(trial_dir.rglob(OPTIMIZER_FILE)), row.trial_id
 
 
 def test_disk_use_is_printed_and_bounded(faulty_sweep):
@@ -337,7 +340,7 @@ def test_disk_use_is_printed_and_bounded(faulty_sweep):
     assert abs(float(match[1]) * 1e6 - actual) <= 0.05e6
     ckpt = max(p.stat().st_size for p in directory.rglob(CHECKPOINT_FILE))
     trials = len(faulty_sweep["trials"])
-    assert actual <= 2 * trials * ckpt + 5e6  # best + latest per trial, plus logs and tables
+    assert actual <= trials * ckpt + 5e6  # one weights-only checkpoint per trial, logs, tables
 
 
 # ----------------------------------------------------------------------------- 3. worker lost

@@ -31,7 +31,8 @@ VARIANT = Variant(AXES_DEFAULT, "Baseline")
 
 
 class Trial(SimpleNamespace):
-    """What the callback reads from a Tune Trial: id, config, name, error files."""
+    """What the callback reads from a Tune Trial: id, config, name, error files, and Tune's
+    bookkeeping of its checkpoints (none here)."""
 
     def __str__(self) -> str:
         return f"baseline_{self.trial_id}"
@@ -49,6 +50,11 @@ def make_trial(trial_id: str, tmp_path=None, error: Exception | None = None) -> 
         pickled_error_file=str(pickled) if pickled else None,
         error_file=None,
         get_pickled_error=lambda: None,
+        run_metadata=SimpleNamespace(
+            checkpoint_manager=SimpleNamespace(
+                best_checkpoint_result=None, latest_checkpoint_result=None
+            )
+        ),
     )
 
 
@@ -114,6 +120,39 @@ def test_status_distinguishes_stopped_early_diverged_and_error(tmp_path):
     assert trials.loc["d", "status"] == "diverged"
     assert trials.loc["e", "status"] == "error"
     assert trials.loc["e", "error"] == "RuntimeError: injected fault in epoch 2"
+
+
+def kept_by_tune(trial: Trial, path: str) -> Trial:
+    """The trial with Tune's bookkeeping keeping ``path`` as its best and latest checkpoint."""
+    kept = SimpleNamespace(checkpoint=SimpleNamespace(path=path))
+    trial.run_metadata.checkpoint_manager.best_checkpoint_result = kept
+    trial.run_metadata.checkpoint_manager.latest_checkpoint_result = kept
+    return trial
+
+
+def test_a_row_names_the_checkpoint_its_trial_keeps_under_keep_checkpoints(tmp_path):
+    """While a trial runs, its best epoch's (best) or latest (last) checkpoint; once it has
+    ended, the one Tune kept (its ranking settles ties); nothing with keep none."""
+    for keep in ("best", "last", "none"):
+        root = tmp_path / keep
+        w = ResultsWriter(str(root), TrialSpec(tiny_config().to_dict(), [VARIANT]), "t",
+                          ("sst", "para", "sts"), echo=False, keep=keep)  # fmt: skip
+        w.setup()
+        t = make_trial("a")
+        w.on_trial_start(0, [], t)
+        for epoch, dev in ((1, 0.7), (2, 0.6)):
+            w.on_trial_result(0, [], t, result(epoch, dev))
+            t.last_result = {"epoch": epoch}
+            w.on_checkpoint(0, [], t, SimpleNamespace(path=f"/ray/a/checkpoint_00000{epoch - 1}"))
+        running = read_results(root)["trials"].checkpoint.item()
+        w.on_trial_complete(0, [], kept_by_tune(t, "/ray/a/checkpoint_000009"))
+        ended = read_results(root)["trials"].checkpoint.item()
+        if keep == "none":
+            assert pd.isna(running) and pd.isna(ended)
+        else:
+            assert running == {"best": "/ray/a/checkpoint_000000",
+                               "last": "/ray/a/checkpoint_000001"}[keep]  # fmt: skip
+            assert ended == "/ray/a/checkpoint_000009"
 
 
 def test_error_message_unwraps_the_original_exception(tmp_path):

@@ -4,7 +4,6 @@ Ray starts once for the module. Each sweep trains a 3-layer, 32-wide BERT on a f
 demo examples per task, so a trial takes about a second; Ray's actor start-up dominates.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import optuna
 import pytest
 import ray
 from interrupt import InterruptSweep
+from kept import assert_kept
 
 from berter.cli import main as berter_main
 from berter.sweep.cli import build_parser
@@ -85,12 +85,10 @@ def test_three_trial_sweep_writes_the_three_tables(local_ray, tiny_model, tmp_pa
     assert len(events) == 9  # 3 trials x (2 epochs + their end)
     assert sum(" epoch 2/2 dev " in e for e in events) == 3
     assert sum(" terminated best dev " in e for e in events) == 3
-    # each trial row names its best epoch's checkpoint, which `berter infer` runs as it is
+    # each trial keeps its best epoch's checkpoint (--keep-checkpoints best, the default),
+    # without optimiser state, and its row names it; `berter infer` runs it as it is
+    assert_kept(tmp_path / "three", trials, "best")
     best = trials.sort_values("dev_score").iloc[-1]
-    assert Path(best.checkpoint).is_dir()
-    assert int(json.loads((Path(best.checkpoint) / "trial.json").read_text())["epoch"]) == (
-        best.best_epoch
-    )
     data = tmp_path / "sst.csv"
     data.write_text("\tid\tsentence\tsentiment\n0\ta\ta fine film .\t3\n1\tb\tdull .\t1\n")
     assert berter_main(["infer", best.checkpoint, str(data), "--task", "sst"]) == 0

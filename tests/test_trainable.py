@@ -14,6 +14,8 @@ from berter.config import Config
 from berter.errors import ConfigError
 from berter.sweep.trainable import (
     CHECKPOINT_FILE,
+    OPTIMIZER_FILE,
+    RESUME_ONLY,
     Trial,
     TrialSpec,
     epoch_result,
@@ -83,8 +85,8 @@ def test_checkpoint_loads_with_weights_only_and_resumes_the_run(tmp_path):
     assert run.train_epoch().train_loss == pytest.approx(fresh.train_epoch().train_loss, rel=1e-5)
 
 
-def test_last_epoch_checkpoint_keeps_the_weights_but_not_the_optimizer(tmp_path):
-    cfg = tiny_config(epochs=1)
+def test_optimiser_state_is_a_file_of_its_own_that_the_last_epoch_leaves_out(tmp_path):
+    cfg = tiny_config(epochs=1, ema_decay=0.9)  # a weight average: its raw weights resume-only
     run = TrainingRun(cfg, backbone=tiny_backbone())
     run.train_epoch()
     (tmp_path / "full").mkdir()
@@ -92,17 +94,33 @@ def test_last_epoch_checkpoint_keeps_the_weights_but_not_the_optimizer(tmp_path)
     save_checkpoint(run, tmp_path / "full", {})
     save_checkpoint(run, tmp_path / "last", {}, optimizer=False)
     full = torch.load(tmp_path / "full" / CHECKPOINT_FILE, weights_only=True)
-    last = torch.load(tmp_path / "last" / CHECKPOINT_FILE, weights_only=True)
-    assert full["optimizer"] is not None and last["optimizer"] is None
-    assert last["scheduler"] is None and last["epoch"] == full["epoch"] == 1
-    size = (tmp_path / "last" / CHECKPOINT_FILE).stat().st_size
-    assert size < (tmp_path / "full" / CHECKPOINT_FILE).stat().st_size / 2
-    # a resume from it finds the run finished, with the trained weights
+    resume = torch.load(tmp_path / "full" / OPTIMIZER_FILE, weights_only=True)
+    assert set(resume) == set(RESUME_ONLY) and None not in resume.values()
+    assert all(full[k] is None for k in RESUME_ONLY)  # state.pt: the weights, not the moments
+    assert not (tmp_path / "last" / OPTIMIZER_FILE).exists()
+    size = {d: (tmp_path / d / CHECKPOINT_FILE).stat().st_size for d in ("full", "last")}
+    assert size["full"] == size["last"]
+    assert (tmp_path / "full" / OPTIMIZER_FILE).stat().st_size > 2 * size["full"]  # m, v, raw
+    # a resume from the last epoch's finds the run finished, with the trained weights
     fresh = TrainingRun(cfg, backbone=tiny_backbone(seed=1))
     load_checkpoint(fresh, tmp_path / "last")
     assert fresh.epoch == fresh.strategy.num_epochs
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, fresh.model.state_dict()[k]), k
+
+
+def test_a_run_resumed_mid_phase_gets_its_optimiser_state_back_from_its_own_file(tmp_path):
+    cfg = tiny_config(epochs=2)
+    run = TrainingRun(cfg, backbone=tiny_backbone())
+    run.train_epoch()
+    save_checkpoint(run, tmp_path, {})
+    fresh = TrainingRun(cfg, backbone=tiny_backbone(seed=1))
+    load_checkpoint(fresh, tmp_path)
+    saved, loaded = run.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert loaded["state"] and loaded["state"].keys() == saved["state"].keys()
+    for k, moments in saved["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], loaded["state"][k]["exp_avg_sq"]), k
+    assert fresh.scheduler.state_dict() == run.scheduler.state_dict()
 
 
 def test_trial_checkpoint_is_an_inference_checkpoint_without_a_second_copy_of_weights(tmp_path):

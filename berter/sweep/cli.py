@@ -33,7 +33,7 @@ SWEEP_OPTIONS = (
     "search", "set", "range", "variants", "data_dir", "data", "tasks", "model", "num_samples",
     "epochs", "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
     "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "grace_period",
-    "reduction_factor", "seeds", "callback", "tracking",
+    "reduction_factor", "seeds", "callback", "tracking", "keep_checkpoints",
 )  # fmt: skip
 
 
@@ -86,7 +86,13 @@ process, so its module must be importable on every Ray worker (PYTHONPATH, or an
 package), and once here, as a check, before any trial starts. --resume keeps the callbacks.
 
 Results: <results>/<name>/trials.parquet, epochs.parquet, exits.parquet; --resume continues
-an interrupted sweep from <results>/<name>/ray with the options in its sweep.json."""
+an interrupted sweep from <results>/<name>/ray with the options in its sweep.json.
+
+Checkpoints: a running trial keeps its latest checkpoint (what --resume and --max-failures
+read) and, with --keep-checkpoints best, its best epoch's. Once it has ended (finished,
+stopped by ASHA, diverged or errored), it keeps one without the optimiser state (best: the
+best epoch's, last: the latest) or, with none, nothing; trials.parquet's checkpoint column
+names the one kept, a `berter infer` checkpoint."""
 
 
 def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
@@ -193,6 +199,13 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
         metavar="mlflow[=URI]|wandb|tensorboard",
         help="log every trial to an experiment tracker with Ray's logger callbacks (repeatable;"
         " mlflow's default store: ./mlflow.db; the packages: pip install -e '.[tracking]')",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        choices=["best", "last", "none"],
+        default="best",
+        help="what a trial keeps once it has ended: its best epoch's checkpoint (default), its"
+        " last, or none; either without the optimiser state (a running trial keeps its latest)",
     )
     p.add_argument(
         "--dry-run",
@@ -324,6 +337,7 @@ def dry_run_text(plan: Plan, data: Any) -> str:
         f"objective {','.join(f'{o} ({m})' for o, m in zip(plan.objective, plan.modes, strict=True))}",
         f"epochs: {base['epochs']} (ASHA time axis: {plan.max_t} main epochs)",
         f"resources per trial: {plan.cpus_per_trial:g} CPU{gpus}; concurrent trials: {concurrent}",
+        f"checkpoints kept per ended trial: {plan.keep_checkpoints}",
         f"variants ({len(plan.variant_objs)}):",
         *(f"  {v.preset or '-'}: {v.name}" for v in plan.variant_objs),
         "searched:" if plan.param_objs else "searched: nothing (fixed hyperparameters)",

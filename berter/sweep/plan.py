@@ -79,6 +79,7 @@ class Plan:
     seeds: int = 1  # training runs per configuration, seed .. seed + seeds - 1 (berter.sweep.seeds)
     callbacks: list[str] = field(default_factory=list)  # --callback: TrainerCallback paths
     tracking: list[str] = field(default_factory=list)  # berter.sweep.tracking specs
+    keep_checkpoints: str = "best"  # what an ended trial keeps (berter.sweep.retention)
 
     @property
     def variant_objs(self) -> list[Variant]:
@@ -228,6 +229,7 @@ def _resolve_plan(
         seeds=args.seeds,
         callbacks=list(args.callback or []),
         tracking=parse_tracking(args.tracking),
+        keep_checkpoints=args.keep_checkpoints,
     )
     return plan, data
 

@@ -9,7 +9,9 @@ with the :class:`TrialSpec` that says how a trial config becomes a ``Config``.
 
 After every epoch the trial reports the dev score, the per-task metrics, the early-exit
 operating point and a checkpoint (``TrainingRun.state_dict()``), so ASHA can stop it at any
-epoch and a restarted trial resumes after its last finished epoch. A non-finite training
+epoch and a restarted trial resumes after its last finished epoch. What only a resume reads
+(the optimiser, its schedule, the raw weights behind a weight average) goes in a file of its
+own, ``optimizer.pt``, which berter.sweep.retention deletes once the trial has ended. A non-finite training
 loss ends the trial with ``diverged=True`` in its last result; any exception marks the trial
 as errored with its message.
 
@@ -36,9 +38,13 @@ import torch
 from ray import tune
 
 from berter.config import Config
+from berter.train.averaging import WeightAveraging
 from berter.variants import Variant
 
 CHECKPOINT_FILE = "state.pt"
+# resume-only state (AdamW's two moments: twice the weights); a trial that ended drops it
+OPTIMIZER_FILE = "optimizer.pt"
+RESUME_ONLY = ("optimizer", "scheduler", WeightAveraging.state_key)  # the entries it holds
 META_FILE = "trial.json"
 SPEEDUP_EXAMPLES = 64  # dev examples per task timed for speedup_wall (cost: seconds)
 
@@ -111,16 +117,20 @@ def save_checkpoint(
     minus model.pt, whose weights are in the state), so ``berter infer`` runs on a trial's
     checkpoint as it is; ``thresholds`` are the epoch's calibrated operating params.
 
-    ``optimizer=False`` leaves out the optimiser and schedule (AdamW's two moments: twice the
-    model's size) and the raw weights behind a weight average: a checkpoint of the last epoch
-    is only ever read for its (evaluated) weights."""
+    The entries only a resume reads (``RESUME_ONLY``: the optimiser and its schedule, the raw
+    weights behind a weight average) go to ``OPTIMIZER_FILE`` beside ``state.pt``, so that a
+    trial that has ended can drop them by deleting one file (berter.sweep.retention).
+    ``optimizer=False`` leaves that file out: a checkpoint of the last epoch is only ever
+    read for its (evaluated) weights."""
     from berter.checkpoint import save_model
 
     directory = Path(directory)
     state = run.state_dict()
-    if not optimizer:
-        state.update(optimizer=None, scheduler=None, average=None)
+    resume = {k: state.get(k) for k in RESUME_ONLY}
+    state.update(dict.fromkeys(RESUME_ONLY))
     torch.save(to_plain(state), directory / CHECKPOINT_FILE)
+    if optimizer and any(v is not None for v in resume.values()):
+        torch.save(to_plain(resume), directory / OPTIMIZER_FILE)
     (directory / META_FILE).write_text(json.dumps(meta))
     if thresholds is None:
         thresholds = dict.fromkeys(run.cfg.tasks)
@@ -128,8 +138,13 @@ def save_checkpoint(
 
 
 def load_checkpoint(run: Any, directory: str | Path) -> dict[str, Any]:
+    """Restore a run from a checkpoint directory, with its optimiser state where the
+    directory still has it (a trial that ended has none and is not trained further)."""
     directory = Path(directory)
     state = torch.load(directory / CHECKPOINT_FILE, map_location=run.device, weights_only=True)
+    resume = directory / OPTIMIZER_FILE
+    if resume.is_file():
+        state.update(torch.load(resume, map_location=run.device, weights_only=True))
     if "torch_rng" in state:  # the CPU generator state must live on the CPU
         state["torch_rng"] = state["torch_rng"].cpu()
     run.load_state_dict(state)

@@ -5,7 +5,8 @@ failed check shuts it down again, silently); a cluster is joined after every che
 what it has and can add then sets the GPU and concurrency defaults (berter.sweep.cluster),
 before ``sweep.json`` is saved. The Tuner runs Optuna's TPE (berter.sweep.searcher) behind
 a ConcurrencyLimiter and ASHA, and keeps ``trials/epochs/exits.parquet`` current through
-:class:`berter.sweep.writer.ResultsWriter`.
+:class:`berter.sweep.writer.ResultsWriter`; :class:`berter.sweep.retention.KeepCheckpoints`
+trims each ended trial's checkpoints to what ``--keep-checkpoints`` says.
 
 Layout of one sweep, ``<results>/<name>/``: ``sweep.json`` (the plan; ``--resume`` reads
 it), the three Parquet files, and ``ray/`` (Ray Tune's experiment: trial directories,
@@ -115,6 +116,7 @@ def build_tuner(
 
     from berter.sweep import study
     from berter.sweep.progress import LiveProgress
+    from berter.sweep.retention import KeepCheckpoints, checkpoint_config
     from berter.sweep.searcher import asha, make_searcher
     from berter.sweep.tracking import tracking_callbacks
     from berter.sweep.trainable import TrialSpec, trainable_with_resources
@@ -154,7 +156,8 @@ def build_tuner(
     else:
         scheduler = FIFOScheduler()
     namer = TrialNamer(variants)
-    writer = ResultsWriter(plan.directory, spec, plan.name, plan.base["tasks"])
+    keep = plan.keep_checkpoints
+    writer = ResultsWriter(plan.directory, spec, plan.name, plan.base["tasks"], keep=keep)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -173,17 +176,13 @@ def build_tuner(
             callbacks=[
                 writer,
                 LiveProgress(plan.name, plan.objective[0], plan.modes[0], plan.base["epochs"]),
+                KeepCheckpoints(keep),
                 JsonLoggerCallback(),
                 CSVLoggerCallback(),
                 *tracking_callbacks(plan.tracking, plan.name),
                 *(extra_callbacks or []),
             ],
-            checkpoint_config=tune.CheckpointConfig(  # the trial asks for one per epoch
-                num_to_keep=1,
-                checkpoint_score_attribute="dev_score",
-                checkpoint_score_order="max",
-                checkpoint_at_end=False,  # not a diverged trial's weights
-            ),
+            checkpoint_config=checkpoint_config(keep),  # the trial asks for one per epoch
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
             verbose=0,
         ),
@@ -275,7 +274,7 @@ def summary(plan: Plan) -> tuple[str, bool]:
     if not len(ok):
         lines.append("no trial finished with a score")
     lines.append(f"results: {plan.directory}/{{trials,epochs,exits}}.parquet")
-    # one checkpoint per trial (two while the best epoch is not the latest): bounded on disk
+    # an ended trial keeps one checkpoint without optimiser state (--keep-checkpoints)
     lines.append(f"disk: {human_bytes(disk_usage(plan.directory))} in {plan.directory}")
     if not finished:
         lines.append(f"unfinished; continue with: python sweeps/run.py --resume --name {plan.name}"

@@ -20,6 +20,11 @@ result carries each seed's own result, and each becomes the rows of its run
 (``trial_id`` = the run, ``config_id`` = the Tune trial). Every run of a configuration is
 summarised at the same epoch, the one with the best mean dev score over its seeds (the
 epoch whose checkpoint Tune keeps), not at each seed's own luckiest epoch.
+
+A row's ``checkpoint`` names the checkpoint the run keeps (``--keep-checkpoints``,
+berter.sweep.retention): while the trial runs, its best epoch's (``best``) or its latest
+(``last``); once it has ended, the one Tune's ranking kept (it decides between tied epochs);
+nothing for ``none``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 
 from ray import tune
 
+from berter.sweep.retention import kept_checkpoint
 from berter.sweep.seeds import run_directory, run_id, split
 from berter.sweep.store import (
     EXIT_SCHEMA,
@@ -107,6 +113,8 @@ class ResultsWriter(tune.Callback):
     its rows are (re)loaded from the results directory in :meth:`setup`.
     """
 
+    keep = "best"  # --keep-checkpoints; a class default for writers pickled before it existed
+
     def __init__(
         self,
         root: str,
@@ -116,6 +124,7 @@ class ResultsWriter(tune.Callback):
         echo: bool = True,
         min_interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        keep: str = "best",
     ):
         self.root = str(root)
         # seconds between rewrites after reports (module docstring); None: by kind of store
@@ -126,6 +135,7 @@ class ResultsWriter(tune.Callback):
         self.spec = spec  # the sweep's TrialSpec: how a trial config becomes a Config
         self.name = name
         self.echo = echo
+        self.keep = keep  # which checkpoint a row names (module docstring)
         self.trial_schema = trial_schema(tasks)
         self.epoch_schema = epoch_schema(tasks)
         self.metric_cols = [n for n, _ in METRICS + task_metric_fields(tasks)]
@@ -231,10 +241,30 @@ class ResultsWriter(tune.Callback):
         row = self.trials[trial_id]
         best = self._best_epoch(row.get("config_id", trial_id))
         row.update(summarise_trial(row, self._epochs_of(trial_id), self.metric_cols, best))
-        path = self.checkpoints.get((trial_id, row.get("best_epoch")))
-        if path is not None:  # else keep what a resumed sweep's file had
-            row["checkpoint"] = path
+        if self.keep == "none":
+            row["checkpoint"] = None
+        else:
+            path = self.checkpoints.get((trial_id, self._kept_epoch(trial_id, row)))
+            if path is not None:  # else keep what a resumed sweep's file had
+                row["checkpoint"] = path
         row["updated_at"] = datetime.now(timezone.utc)
+
+    def _kept_epoch(self, trial_id: str, row: dict[str, Any]) -> int | None:
+        """While the trial runs: the epoch whose checkpoint Tune keeps for ``keep``."""
+        if self.keep == "best":
+            return row.get("best_epoch")
+        return max((e for t, e in self.checkpoints if t == trial_id), default=None)
+
+    def _ended(self, trial: Any) -> None:
+        """Name the checkpoint an ended trial keeps (berter.sweep.retention trims the rest)."""
+        path = kept_checkpoint(trial, self.keep)
+        if path is not None and is_uri(self.root):
+            path = f"{self.root.split('://', 1)[0]}://{path}"
+        runs = self._runs(trial)
+        for rid, seed in runs:
+            self.trials[rid]["checkpoint"] = (
+                None if path is None else run_directory(path, seed, len(runs))
+            )
 
     def flush(self, due: bool = True) -> None:
         """Rewrite the three files (each atomically); with ``due=False`` (after a report or a
@@ -352,6 +382,7 @@ class ResultsWriter(tune.Callback):
                 row["status"] = "stopped-early"
             else:
                 row["status"] = "terminated"
+        self._ended(trial)
         self.flush()
         scores = [r.get("dev_score") for r in rows]
         score_txt = ""
@@ -367,6 +398,7 @@ class ResultsWriter(tune.Callback):
             row["status"] = "error"
             row["error"] = message
             self._refresh(row["trial_id"])
+        self._ended(trial)
         self.flush()
         self._say(f"[{trial}] error: {message}")
 
