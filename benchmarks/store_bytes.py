@@ -67,7 +67,9 @@ def simulate(trials: int, epochs: int, at_once: int, interval: float) -> tuple[i
         for wave in range(0, trials, at_once):
             running = [
                 FakeTrial(trial_id=f"{k:05d}", config={"variant": variant.name, "lr": 1e-4},
-                          last_result={})  # fmt: skip
+                          last_result={}, run_metadata=SimpleNamespace(  # Tune's bookkeeping
+                              checkpoint_manager=SimpleNamespace(best_checkpoint_result=None,
+                                                                 latest_checkpoint_result=None)))  # fmt: skip
                 for k in range(wave, min(wave + at_once, trials))
             ]
             for t in running:
