@@ -155,8 +155,10 @@ def seeded_writer(root: Path, seeds: int = 2) -> ResultsWriter:
 
 
 def fake_trial(trial_id: str) -> FakeTrial:
+    manager = SimpleNamespace(best_checkpoint_result=None, latest_checkpoint_result=None)
     return FakeTrial(trial_id=trial_id, config={"variant": BASELINE}, last_result={},
-                     pickled_error_file=None, error_file=None, get_pickled_error=lambda: None)  # fmt: skip
+                     pickled_error_file=None, error_file=None, get_pickled_error=lambda: None,
+                     run_metadata=SimpleNamespace(checkpoint_manager=manager))  # fmt: skip
 
 
 def test_the_writer_keeps_one_row_per_run_at_the_configurations_best_mean_epoch(tmp_path):
