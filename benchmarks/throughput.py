@@ -12,11 +12,14 @@
    default optimiser is already fused AdamW, ``adamw_torch_fused``, with torch >= 2.8). The
    tuned one is set up as a user who tunes it would: the length-grouped sampler
    (``group_by_length=True`` before transformers 5, ``train_sampling_strategy=
-   "group_by_length"`` since: ``LengthGroupedSampler``, random mega-batches of 50 batches
-   sorted by length) and ``optim="adamw_torch_fused"`` named explicitly (torch's fused
-   AdamW kernel runs on the CPU since torch 2.4; the script logs the optimiser each side
-   ended up with). Model loading and tokenisation are outside all clocks. The script also
-   logs each side's padding: padded tokens per real token over the epoch's batches.
+   "group_by_length"`` since: ``LengthGroupedSampler``, random mega-batches of
+   min(50, n / (4 x batch)) batches, each sorted by length) and ``optim="adamw_torch_fused"``
+   named explicitly (torch's fused AdamW kernel runs on the CPU since torch 2.4). Data
+   loader workers stay at 0 on every side: a worker's CPU seconds are another process's,
+   which the CPU-time clock would not see. The script logs the sampler and optimiser each
+   ``Trainer`` ended up with and every side's torch thread count while it trained. Model
+   loading and tokenisation are outside all clocks. It also logs each side's padding:
+   padded tokens per real token over the epoch's batches.
 2. Multi-exit overhead: ``strategy=joint`` (the loss of all six exits at every step) against
    ``strategy=final`` (the last exit only), on the same three-task data, one epoch each.
 3. Weight-average overhead: ``strategy=final`` with ``ema_decay=0.999`` (an EMA update of
@@ -37,6 +40,11 @@ spread that swamps the comparison.
     python benchmarks/throughput.py --quick        # 300 SST examples, 70 per task, 2 rounds
     python benchmarks/throughput.py                # 2,000 SST examples, 600 per task
     python benchmarks/throughput.py --only ema     # part 3 alone
+
+``--profile SIDE`` runs one side of part 1 alone (its warm-up, then ``--rounds`` rounds) for
+a sampling profiler attached from outside; its last line is that side's median CPU seconds:
+
+    py-spy record --format raw -o berter.txt -- python benchmarks/throughput.py --profile berter
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ from berter.model.multi_exit import load_backbone  # noqa: E402
 from berter.train.run import TrainingRun  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
+SIDES = ("berter", "Trainer", "Trainer tuned")  # part 1
 
 
 class Clock:
@@ -109,6 +118,7 @@ class Ours:
     def __init__(self, cfg: Config, data, backbone, tokenizer):
         self.cfg, self.data, self.backbone, self.tokenizer = cfg, data, backbone, tokenizer
         self.examples = 0
+        self.threads = 0  # torch threads right after the last timed epoch
         self.inner_seconds: list[float] = []
 
     def __call__(self) -> Clock:
@@ -117,6 +127,7 @@ class Ours:
         )
         with Clock() as clock:
             report = run.train_epoch()
+        self.threads = torch.get_num_threads()
         self.examples = report.examples
         self.inner_seconds.append(report.epoch_seconds)
         return clock
@@ -170,6 +181,8 @@ class HFTrainer:
         self.tuned = tuned
         self.runtime: list[float] = []
         self.optimizer = ""  # the optimiser the Trainer built, as logged
+        self.sampler = ""  # the training sampler it chose, as logged
+        self.threads = 0  # torch threads right after the last timed training
 
     def __call__(self) -> Clock:
         from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -199,6 +212,8 @@ class HFTrainer:
         )
         with Clock() as clock:
             out = trainer.train()
+        self.threads = torch.get_num_threads()
+        self.sampler = type(trainer._get_train_sampler()).__name__
         self.runtime.append(float(out.metrics["train_runtime"]))
         group = trainer.optimizer.param_groups[0]
         self.optimizer = (
@@ -245,7 +260,8 @@ def hf_model(cfg: Config):
 
 # ----------------------------------------------------------------------------- parts
 def vs_trainer(args, log) -> dict[str, float]:
-    """CPU-time examples/s ratios of berter against the plain and the tuned ``Trainer``."""
+    """CPU-time examples/s ratios of berter against the plain and the tuned ``Trainer``; with
+    ``--profile``, that side's median CPU seconds per epoch alone."""
     cfg = Config(
         data_dir=args.data_dir,
         tasks=("sst",),
@@ -279,11 +295,15 @@ def vs_trainer(args, log) -> dict[str, float]:
             f"berter {padding_of(probe):.2f}, Trainer {sides['Trainer'].padding(args.seed):.2f}, "
             f"Trainer tuned {sides['Trainer tuned'].padding(args.seed):.2f}"
         )
+        if args.profile:
+            times = alternate({args.profile: sides[args.profile]}, args.rounds, log)
+            return {args.profile: statistics.median(t.cpu for t in times[args.profile])}
         times = alternate(sides, args.rounds, log)
     assert ours.examples == n, (ours.examples, n)
     for name, side in sides.items():
         if name != "berter":
-            log(f"{name} optimiser: {side.optimizer}")
+            log(f"{name}: sampler {side.sampler}, optimiser {side.optimizer}")
+    log("torch threads while training: " + ", ".join(f"{n} {s.threads}" for n, s in sides.items()))
     for name, ts in times.items():
         log(f"{name}: {', '.join(f'{n / t.wall:.1f}' for t in ts)} examples/s (wall)")
     ratios = {}
@@ -340,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=("trainer", "exits", "ema"), help="run one comparison")
+    p.add_argument("--profile", choices=SIDES, help="run this side of part 1 alone, for a profiler")
     args = p.parse_args(argv)
+    if args.profile:
+        args.only = "trainer"
     args.sst_examples = args.sst_examples or (300 if args.quick else 2000)
     args.task_examples = args.task_examples or (70 if args.quick else 600)
     args.rounds = args.rounds or (2 if args.quick else 3)
@@ -360,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "ema"):
         ratio = overhead(args, log, "ema", {"ema_decay": 0.999})
         lines.append(f"time ratio ema/final (3 tasks, CPU time): {ratio:.3f}")
-    if args.only in (None, "trainer"):
+    if args.profile:
+        seconds = vs_trainer(args, log)[args.profile]
+        lines.append(f"{args.profile} alone: median {seconds:.2f} CPU s per epoch")
+    elif args.only in (None, "trainer"):
         ratios = vs_trainer(args, log)
         lines.append(f"examples/s ratio berter/Trainer (CPU time): {ratios['Trainer']:.2f}")
         lines.append(  # the headline: the fair anchor

@@ -62,6 +62,23 @@ def test_throughput_without_accelerate_stops_before_timing_with_one_line(monkeyp
     assert err.startswith("error: the Trainer comparison needs accelerate>=") and "\n" not in err
 
 
+def test_throughput_profile_runs_only_the_named_side_of_the_trainer_comparison(monkeypatch, capsys):
+    import throughput
+
+    seen = {}
+
+    def vs_trainer(args, log):
+        seen["profile"] = args.profile
+        return {args.profile: 12.5}
+
+    monkeypatch.setattr(throughput, "vs_trainer", vs_trainer)
+    monkeypatch.setattr(throughput, "overhead", lambda *a: pytest.fail("ran another comparison"))
+    assert throughput.main(["--quick", "--profile", "Trainer tuned"]) == 0
+    assert seen == {"profile": "Trainer tuned"}
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "Trainer tuned alone: median 12.50 CPU s per epoch"
+
+
 def test_gpu_benchmark_without_cuda_says_so_in_one_line(capsys):
     import gpu
     import torch
