@@ -35,7 +35,7 @@ def test_the_full_run_is_the_paper_presets_with_seeds_and_fixed_hyperparameters(
     cmd = parsed("--results", "/tmp/r")
     text = " ".join(cmd)
     assert "--variants paper" in text and "--search none" in text and "--seeds 3" in text
-    assert "--max-train 1000" in text and "--max-dev 1000" in text and "--epochs 3" in text
+    assert "--max-train 400" in text and "--max-dev 400" in text and "--epochs 3" in text
 
 
 def test_resume_continues_the_named_run_and_the_probe_is_one_seed_of_one_row():
