@@ -13,8 +13,8 @@ paper's printed row, and each row's paired difference from the Baseline (berter.
     python benchmarks/table2.py --quick         # the same shape on a slice (minutes)
 
 Scale (default): 400 training and 400 dev examples per task, 3 epochs, 3 seeds, the packaged
-6-layer backbone: the 36 runs finish within one working session of a 2-core machine (about
-1.5 hours), because a background run does not outlive the session's machine; 1,000 per task
+6-layer backbone: sized for the 36 runs to finish within one working session of a 2-core
+machine (1.5 hours estimated; the rows run so far put it nearer 2), because a background run does not outlive the session's machine; 1,000 per task
 measured 3.5-5.5 hours by the probes and was lost after its first row (REPRODUCTION.md).
 
 ``--markdown`` prints the tables REPRODUCTION.md shows: per preset beside the paper's row, and
