@@ -14,8 +14,9 @@ paper's printed row, and each row's paired difference from the Baseline (berter.
 
 Scale (default): 400 training and 400 dev examples per task, 3 epochs, 3 seeds, the packaged
 6-layer backbone: sized for the 36 runs to finish within one working session of a 2-core
-machine (1.5 hours estimated; the rows run so far put it nearer 2), because a background run does not outlive the session's machine; 1,000 per task
-measured 3.5-5.5 hours by the probes and was lost after its first row (REPRODUCTION.md).
+machine (1.5 hours estimated; the rows run so far put it nearer 2), because a background run
+does not outlive the session's machine; 1,000 per task measured 3.5-5.5 hours by the probes
+and was lost after its first row (REPRODUCTION.md).
 
 ``--markdown`` prints the tables REPRODUCTION.md shows: per preset beside the paper's row, and
 each of the paper's claims with its verdict from paired differences over seeds (``CLAIMS``).
