@@ -113,7 +113,8 @@ def ray_storage(path: str) -> tuple[str, Any]:
 
     if not is_uri(path):
         return path, None
-    return filesystem(path)
+    fs, inside = filesystem(path)
+    return inside, fs
 
 
 def build_tuner(
