@@ -333,17 +333,18 @@ def run(
     if not resume:
         store.write_bytes(SWEEP_FILE, plan.to_json().encode())
     tuner = build_tuner(plan, data, callbacks, resume=restorable, retry_errored=retry_errored)
-    started = time.perf_counter()
-    tuner.fit()
     from berter.sweep.study import publish
 
-    print(f"sweep {plan.name} took {time.perf_counter() - started:.0f}s")
+    started = time.perf_counter()
     try:
+        tuner.fit()
+        print(f"sweep {plan.name} took {time.perf_counter() - started:.0f}s")
         publish(plan.directory)
         text, finished = summary(plan)
     except (OSError, BerterError) as exc:  # the store went away: what it holds is kept
-        print(f"error: cannot read the results back from {plan.directory}: {first_line(exc)}",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: cannot reach the results at {plan.directory}: {first_line(exc)}; "
+              f"once it is back, continue with: python sweeps/run.py --resume --name "
+              f"{plan.name} --results {results_root(plan.directory)}", file=sys.stderr)  # fmt: skip
         return 1
     print(text)
     return 0 if finished else 1
