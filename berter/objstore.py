@@ -30,6 +30,7 @@ DEFAULT_TIMEOUT_S = 20.0
 ATTEMPTS = 3  # per request, pyarrow's (AWS SDK's) standard retry strategy
 DEFAULT_REGION = "us-east-1"
 PROBE = ".berter-write-probe"
+_REGIONS: dict[str, str] = {}  # bucket -> region found by a lookup, in this process
 
 
 def is_uri(path: str | Path) -> bool:
@@ -65,6 +66,8 @@ def _region(bucket: str, endpoint: str | None, timeout: float) -> str:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region or endpoint:
         return region or DEFAULT_REGION
+    if bucket in _REGIONS:
+        return _REGIONS[bucket]
     found: list[str] = []
 
     def lookup() -> None:
@@ -74,6 +77,8 @@ def _region(bucket: str, endpoint: str | None, timeout: float) -> str:
     worker = threading.Thread(target=lookup, daemon=True)  # it has no timeout of its own
     worker.start()
     worker.join(timeout)
+    if found:
+        _REGIONS[bucket] = found[0]  # every Store opens the filesystem again: look up once
     return found[0] if found else DEFAULT_REGION
 
 

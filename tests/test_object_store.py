@@ -200,11 +200,8 @@ def test_an_unwritable_results_uri_is_one_line_exit_2_before_any_trial(
         results = f"s3://{bucket}-missing/sweeps"
     else:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    started = time.monotonic()
     assert sweep_main(sweep_args(tiny_model, results, "x", "--dry-run")) == 2
-    line = one_line_error(capsys.readouterr().err)
-    assert f"cannot write to {results}/x" in line
-    assert time.monotonic() - started < 60  # bounded by BERTER_STORE_TIMEOUT, not minutes
+    assert f"cannot write to {results}/x" in one_line_error(capsys.readouterr().err)
     # --resume checks the bucket first too
     assert sweep_main(["--resume", "--name", "x", "--results", results]) == 2
     assert f"cannot write to {results}/x" in one_line_error(capsys.readouterr().err)
@@ -237,6 +234,7 @@ def held(claims: Path) -> bool:
     return claims.exists() and any(claims.glob("held-*"))
 
 
+@pytest.mark.slow
 def test_a_killed_s3_sweep_resumes_once_and_the_report_and_infer_read_the_bucket(
     tiny_model, bucket, tmp_path
 ):
@@ -279,6 +277,7 @@ def test_a_killed_s3_sweep_resumes_once_and_the_report_and_infer_read_the_bucket
     assert infer_main([checkpoint, str(data), "--task", "sst", "--max-examples", "4"]) == 0
 
 
+@pytest.mark.slow
 def test_an_endpoint_stopped_mid_sweep_fails_the_trial_clearly_and_loses_nothing_written(
     tiny_model, bucket, endpoint, tmp_path
 ):
