@@ -10,6 +10,8 @@ Checkpoint format (a directory), written by ``save_model`` and read by ``load_mo
     tokenizer/       the tokenizer, so the directory is self-contained
     exits.json       {"exit_method", "thresholds": {task: value, [value per exit layer] or null},
                       "num_layers", "tolerance"}
+The directory may be an s3:// / gs:// URI (a sweep's checkpoint on an object store): it is
+copied to a temporary directory and read from there.
 A sweep trial's checkpoint (berter.trainable) is the same directory with ``state.pt``, the whole
 ``TrainingRun.state_dict()`` for resuming, in place of ``model.pt``; ``load_model`` reads the
 weights from its "model" entry, so ``berter infer`` takes a trial checkpoint as it is.
@@ -33,6 +35,7 @@ from berter.exits.base import (
 from berter.exits.calibration import as_param, calibrate, layer_values
 from berter.exits.rules import build_exit_method
 from berter.model.multi_exit import MultiExitBert, new_backbone
+from berter.objstore import is_uri, local_copy
 from berter.tasks import get_task
 
 CONFIG_FILE = "config.json"
@@ -93,8 +96,13 @@ def _read_json(path: Path) -> Any:
 def load_model(
     directory: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[Config, MultiExitBert, Thresholds]:
-    """Rebuild the model of a checkpoint directory; returns (cfg, model in eval mode, thresholds)."""
+    """Rebuild the model of a checkpoint directory, local or an s3:// / gs:// URI (copied to a
+    temporary directory first); returns (cfg, model in eval mode, thresholds)."""
     from transformers import AutoConfig
+
+    if is_uri(directory):
+        with local_copy(directory) as local:
+            return load_model(local, device)
 
     path = Path(directory)
     if not path.is_dir():

@@ -1,7 +1,7 @@
 """The `berter infer` command line: a trained checkpoint run with early exit on a data file.
 
 Command line:
-    python -m berter.infer CHECKPOINT_DIR DATAFILE --task sst [--threshold T]
+    python -m berter.infer CHECKPOINT_DIR|URI DATAFILE --task sst [--threshold T]
         [--batch-size 1|32] [--max-examples N] [--method NAME] [--threads 1]
 prints the metric at the last layer and with early exit, the average exit layer, and the
 wall-clock speedup over the same model run to the last layer in the same process.
@@ -26,6 +26,7 @@ from berter.exits.calibration import describe
 from berter.exits.engine import measure_speedup
 from berter.exits.rules import EXIT_METHODS
 from berter.model.multi_exit import MultiExitBert
+from berter.objstore import local_copy
 from berter.tasks import Task, get_task, metric_column
 
 
@@ -45,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Early-exit inference on a data file with a saved checkpoint; "
         "prints the metric, the average exit layer and the wall-clock speedup.",
     )
-    p.add_argument("checkpoint", help="checkpoint directory (config.json, model.pt, exits.json)")
+    p.add_argument(
+        "checkpoint",
+        help="checkpoint directory (config.json, model.pt, exits.json), or its s3:// / gs:// URI",
+    )
     p.add_argument("datafile", help="a data file of the task, in its train/dev file format")
     p.add_argument("--task", help="task name (default: the checkpoint's only task)")
     p.add_argument("--threshold", type=float, help="the exit rule's scalar (default: calibrated)")
@@ -98,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         if args.max_examples is not None and args.max_examples < 1:
             raise ConfigError(f"--max-examples must be >= 1, got {args.max_examples}")
-        cfg, model, saved = load_model(args.checkpoint)
+        with local_copy(args.checkpoint) as checkpoint:  # a URI: a temporary copy
+            cfg, model, saved = load_model(checkpoint)
+            tokenizer = load_tokenizer(checkpoint, cfg)
         if args.task is None and len(cfg.tasks) != 1:
             raise ConfigError(f"the checkpoint has tasks {','.join(cfg.tasks)}: pass --task")
         task = get_task(args.task or cfg.tasks[0])
@@ -108,7 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         method, param = resolve(cfg, model, saved, task, args.method, args.threshold)
         examples = read_examples(task, args.datafile)
-        tokenizer = load_tokenizer(args.checkpoint, cfg)
         layout = cfg.pair_layout if task.is_pair else "packed"
         enc = encode(examples, task, tokenizer, cfg.max_len, layout)
         res = measure_speedup(

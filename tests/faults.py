@@ -7,13 +7,16 @@ which a local Ray instance's workers inherit; a cluster's nodes need it in their
 ``BERTER_TEST_FAULT`` is a comma-separated list whose k-th entry applies to the k-th run to
 begin training (later runs train normally). An entry is ``none``, ``raise@E`` (an exception
 at the start of epoch E), ``nan@E`` (every weight turns NaN at the start of epoch E, so its
-training loss is NaN: the trial diverges) or ``stall@E`` (the run sleeps after epoch E, by
+training loss is NaN: the trial diverges), ``stall@E`` (the run sleeps after epoch E, by
 when the sweep has checkpointed it, before epoch E+1: a window to kill the driver or a
-worker; a run restored from that checkpoint does not sleep again), optionally followed by
+worker; a run restored from that checkpoint does not sleep again) or ``hold@E`` (the same
+pause, which ends when the test creates ``release`` in the claims directory: a window to
+stop the results' endpoint and let the run go on), optionally followed by
 ``:once`` (only on the trial's first start: a transient fault that a retry from the
 checkpoint gets past). Runs claim entries by creating files in ``BERTER_TEST_FAULT_DIR``
 (a directory every trial can reach), keyed by the sweep's trial id, so a restarted trial
-finds its own entry again.
+finds its own entry again. A run that stalls or holds first creates ``held-<trial id>`` in
+that directory, so the test knows the moment.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from berter.train.callbacks import EpochReport, Run, TrainerCallback
 
 FAULT_ENV = "BERTER_TEST_FAULT"
 FAULT_DIR_ENV = "BERTER_TEST_FAULT_DIR"
-FAULT_RE = re.compile(r"none|(raise|nan|stall)@[1-9][0-9]*(:once)?")
+FAULT_RE = re.compile(r"none|(raise|nan|stall|hold)@[1-9][0-9]*(:once)?")
+RELEASE = "release"  # hold@E: the file in the claims directory that ends the pause
 STALL_SECONDS = 600.0  # long enough to be killed; ends on its own if nobody does
 
 
@@ -42,14 +46,14 @@ def faults_from_env() -> tuple[str, ...]:
     bad = [e for e in entries if not FAULT_RE.fullmatch(e)]
     if bad:
         raise ConfigError(
-            f"{FAULT_ENV}: bad entry {bad[0]!r}; use none, raise@E, nan@E or stall@E, "
+            f"{FAULT_ENV}: bad entry {bad[0]!r}; use none, raise@E, nan@E, stall@E or hold@E, "
             "optionally with :once"
         )
     return entries
 
 
 def claim_fault(faults: tuple[str, ...], directory: str | Path, trial_id: str) -> str | None:
-    """This trial's fault (``raise@E``, ``nan@E``, ``stall@E``) or None.
+    """This trial's fault (``raise@E``, ``nan@E``, ``stall@E``, ``hold@E``) or None.
 
     The k-th trial to start claims entry k by creating ``trial-<k>`` exclusively (atomic across
     processes and nodes sharing the directory); a restarted trial finds its own claim again.
@@ -71,7 +75,7 @@ def claim_fault(faults: tuple[str, ...], directory: str | Path, trial_id: str) -
 
 
 class FaultInjector(TrainerCallback):
-    """Raises, turns the weights NaN, or stalls in the epoch its claimed entry names.
+    """Raises, turns the weights NaN, stalls or holds in the epoch its claimed entry names.
 
     ``fault``: inject this one (``"nan@1"``) in this run, without the environment or a claim.
     """
@@ -100,8 +104,18 @@ class FaultInjector(TrainerCallback):
             with torch.no_grad():
                 for p in run.model.parameters():
                     p.fill_(float("nan"))
-        if kind == "stall" and self.ended == at:  # epoch `at`, trained here, is checkpointed
-            time.sleep(STALL_SECONDS)
+        if kind in ("stall", "hold") and self.ended == at:  # epoch `at` is checkpointed
+            self.pause(run, release=kind == "hold")
+
+    def pause(self, run: Run, release: bool) -> None:
+        """Mark the moment, then sleep (``hold``: until the test releases the run)."""
+        directory = Path(self.directory or ".")
+        (directory / f"held-{run.trial_id}").touch()
+        deadline = time.monotonic() + STALL_SECONDS
+        while time.monotonic() < deadline:
+            if release and (directory / RELEASE).exists():
+                return
+            time.sleep(0.1)
 
     def on_epoch_end(self, run: Run, report: EpochReport) -> None:
         self.ended = report.epoch

@@ -412,11 +412,14 @@ def _latest_sweep(results: str) -> str:
 
 
 def resume_plan(args: argparse.Namespace) -> Plan:
-    """The plan in sweep.json of ``--name`` (default: the latest sweep under ``--results``)."""
-    from berter.sweep.store import Store, sweep_directory
+    """The plan in sweep.json of ``--name`` (default: the latest sweep under ``--results``);
+    an object store is first checked to take writes, as for a new sweep."""
+    from berter.sweep.store import Store, check_writable, is_uri, sweep_directory
 
     name = args.name or _latest_sweep(args.results)
     directory = sweep_directory(args.results, name)
+    if is_uri(directory):
+        check_writable(directory)
     text = Store(directory).read_bytes(SWEEP_FILE)
     if text is None:
         raise ConfigError(

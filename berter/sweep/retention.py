@@ -17,10 +17,12 @@ a local directory and an ``s3://`` or ``gs://`` results root are trimmed alike.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ray import tune
 
+from berter.errors import first_line
 from berter.sweep.trainable import OPTIMIZER_FILE
 
 KEEP = ("best", "last", "none")
@@ -84,6 +86,12 @@ def trim(fs: Any, trial_path: str, keep_path: str | None) -> None:
             fs.delete_dir(path)
 
 
+def warn(trial: Any, exc: Exception) -> None:
+    """One line on stderr: a trim that failed leaves extra checkpoints, nothing lost."""
+    print(f"warning: [{trial}] cannot trim its checkpoints: {first_line(exc)}",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+
 class KeepCheckpoints(tune.Callback):
     """Tune callback on the driver: trims an ended trial's checkpoints to what ``keep`` says
     (module docstring), and while a trial runs leaves the optimiser state in its latest
@@ -101,13 +109,20 @@ class KeepCheckpoints(tune.Callback):
         are no longer what a resume or retry reads (Tune restores the latest), so they
         drop their optimiser state now. Tune calls this before it registers the new one."""
         fs, latest = trial.storage.storage_filesystem, str(checkpoint.path).rstrip("/")
-        for path in checkpoint_dirs(fs, trial.storage.trial_fs_path):
-            if path != latest:
-                drop_optimizer(fs, path)
+        try:
+            for path in checkpoint_dirs(fs, trial.storage.trial_fs_path):
+                if path != latest:
+                    drop_optimizer(fs, path)
+        except OSError as exc:  # the store went away: trimming waits, the sweep goes on
+            warn(trial, exc)
 
     def ended(self, trial: Any) -> None:
         storage = trial.storage
-        trim(storage.storage_filesystem, storage.trial_fs_path, kept_checkpoint(trial, self.keep))
+        try:
+            trim(storage.storage_filesystem, storage.trial_fs_path,
+                 kept_checkpoint(trial, self.keep))  # fmt: skip
+        except OSError as exc:
+            warn(trial, exc)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended(trial)

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from berter.config import AXES, Config, field_types
 from berter.errors import ConfigError, DataError, first_line
+from berter.objstore import check_write, filesystem, is_uri
 from berter.tasks import TASKS, metric_column
 
 F64, I64, STR, BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
@@ -249,10 +250,6 @@ def with_config_id(table: pa.Table) -> pa.Table:
 
 
 # ----------------------------------------------------------------------------- storage
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
-
-
 def sweep_directory(results: str, name: str) -> str:
     """The directory of sweep ``name`` under a results root (absolute path or URI)."""
     if is_uri(results):
@@ -261,13 +258,11 @@ def sweep_directory(results: str, name: str) -> str:
 
 
 def check_writable(directory: str) -> None:
-    """A ConfigError unless ``directory`` can be created and written (a URI: its filesystem
-    can be opened; credentials are only tried by the first write)."""
+    """A ConfigError unless ``directory`` can be created and written (a URI: a small object
+    is written there and deleted, so missing credentials or an endpoint that does not answer
+    stop the sweep before any trial, within berter.objstore's timeouts)."""
     if is_uri(directory):
-        try:
-            pafs.FileSystem.from_uri(directory)
-        except Exception as exc:
-            raise ConfigError(f"results {directory}: {exc}") from None
+        check_write(directory)
         return
     probe = Path(directory)
     while not probe.exists():
@@ -277,8 +272,9 @@ def check_writable(directory: str) -> None:
 
 
 def _from_uri(uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow's filesystem for a URI (s3://, gs://, file://, ...) and the path inside it."""
-    return pafs.FileSystem.from_uri(uri)
+    """pyarrow's filesystem for a URI (s3://, gs://, file://, ...) and the path inside it, its
+    requests bounded in time (berter.objstore)."""
+    return filesystem(uri)
 
 
 class Store:
@@ -346,9 +342,20 @@ class Store:
         pq.write_table(table, buf)
         return self.write_bytes(name, buf.getvalue())
 
-    def read_table(self, name: str) -> pa.Table | None:
-        data = self.read_bytes(name)
-        return pq.read_table(io.BytesIO(data)) if data is not None else None
+    def read_table(self, name: str, attempts: int = 3) -> pa.Table | None:
+        """The table in ``name`` (None when there is none). A read that is not valid Parquet is
+        tried again, up to ``attempts`` times: a reader racing a rewrite on a store without
+        atomic replace (some S3-compatible servers, FUSE mounts) may see a torn file."""
+        for attempt in range(attempts):
+            data = self.read_bytes(name)
+            if data is None:
+                return None
+            try:
+                return pq.read_table(io.BytesIO(data))
+            except pa.ArrowInvalid:
+                if attempt == attempts - 1:
+                    raise
+        return None
 
     def __str__(self) -> str:
         return str(self.local) if self.local is not None else self.root

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from berter.errors import BerterError, first_line
 from berter.sweep.plan import RAY_DIR, SWEEP_FILE, Plan
 from berter.sweep.space import BY_NAME, round_robin_points
 
@@ -102,6 +104,19 @@ def size_for_cluster(plan: Plan) -> str:
     )
 
 
+def ray_storage(path: str) -> tuple[str, Any]:
+    """Ray Tune's storage path and filesystem for a path of the sweep: for a URI the path
+    inside the bucket and berter.objstore's filesystem, whose requests are bounded in time
+    (Ray's own would wait minutes on an endpoint that does not answer); locally the path and
+    None."""
+    from berter.objstore import filesystem, is_uri
+
+    if not is_uri(path):
+        return path, None
+    fs, inside = filesystem(path)
+    return inside, fs
+
+
 def build_tuner(
     plan: Plan,
     data: Any,
@@ -128,9 +143,11 @@ def build_tuner(
     if resume:
         from ray.tune import Tuner
 
+        path, fs = ray_storage(plan.storage)
         return Tuner.restore(  # errored trials: left as they are, or started again from scratch
-            plan.storage, trainable=trainable, resume_unfinished=True, restart_errored=retry_errored
-        )
+            path, trainable=trainable, resume_unfinished=True, restart_errored=retry_errored,
+            storage_filesystem=fs,
+        )  # fmt: skip
 
     single = len(plan.objective) == 1
     metric = plan.objective[0] if single else plan.objective
@@ -158,6 +175,7 @@ def build_tuner(
     namer = TrialNamer(variants)
     keep = plan.keep_checkpoints
     writer = ResultsWriter(plan.directory, spec, plan.name, plan.base["tasks"], keep=keep)
+    storage_path, storage_fs = ray_storage(plan.directory)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -172,7 +190,8 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=RAY_DIR,
-            storage_path=plan.directory,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             callbacks=[
                 writer,
                 LiveProgress(plan.name, plan.objective[0], plan.modes[0], plan.base["epochs"]),
@@ -278,8 +297,15 @@ def summary(plan: Plan) -> tuple[str, bool]:
     lines.append(f"disk: {human_bytes(disk_usage(plan.directory))} in {plan.directory}")
     if not finished:
         lines.append(f"unfinished; continue with: python sweeps/run.py --resume --name {plan.name}"
-                     + (f" --results {Path(plan.directory).parent}" if "://" not in plan.directory else ""))  # fmt: skip
+                     + f" --results {results_root(plan.directory)}")  # fmt: skip
     return "\n".join(lines), finished and len(ok) > 0
+
+
+def results_root(directory: str) -> str:
+    """The ``--results`` root of a sweep directory (a local path or a URI)."""
+    if "://" in directory:
+        return directory.rstrip("/").rsplit("/", 1)[0]
+    return str(Path(directory).parent)
 
 
 def run(
@@ -297,7 +323,7 @@ def run(
     from berter.sweep.store import Store
 
     store = Store(plan.directory)
-    restorable = resume and Tuner.can_restore(plan.storage)
+    restorable = resume and Tuner.can_restore(*ray_storage(plan.storage))
     if resume and not restorable:
         print("resume: no Ray experiment state yet; starting the trials afresh")
     quiet_ray()
@@ -307,13 +333,19 @@ def run(
     if not resume:
         store.write_bytes(SWEEP_FILE, plan.to_json().encode())
     tuner = build_tuner(plan, data, callbacks, resume=restorable, retry_errored=retry_errored)
-    started = time.perf_counter()
-    tuner.fit()
     from berter.sweep.study import publish
 
-    publish(plan.directory)
-    text, finished = summary(plan)
-    print(f"sweep {plan.name} took {time.perf_counter() - started:.0f}s")
+    started = time.perf_counter()
+    try:
+        tuner.fit()
+        print(f"sweep {plan.name} took {time.perf_counter() - started:.0f}s")
+        publish(plan.directory)
+        text, finished = summary(plan)
+    except (OSError, BerterError) as exc:  # the store went away: what it holds is kept
+        print(f"error: cannot reach the results at {plan.directory}: {first_line(exc)}; "
+              f"once it is back, continue with: python sweeps/run.py --resume --name "
+              f"{plan.name} --results {results_root(plan.directory)}", file=sys.stderr)  # fmt: skip
+        return 1
     print(text)
     return 0 if finished else 1
 

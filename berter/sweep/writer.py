@@ -30,14 +30,17 @@ nothing for ``none``.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from ray import tune
 
+from berter.errors import BerterError, first_line
 from berter.sweep.retention import kept_checkpoint
 from berter.sweep.seeds import run_directory, run_id, split
 from berter.sweep.store import (
@@ -150,11 +153,13 @@ class ResultsWriter(tune.Callback):
         self.pruned = False
         self.pending = False  # rows changed since the last rewrite
         self.written_at = -math.inf
+        self.failing = False  # the last rewrite failed (warned once until one succeeds)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # the files are the state
-        state.update(trials={}, epochs={}, exits={}, checkpoints={}, last={}, pending=False)
+        state.update(trials={}, epochs={}, exits={}, checkpoints={}, last={}, pending=False,
+                     failing=False)
         return state
 
     # -- loading
@@ -275,6 +280,22 @@ class ResultsWriter(tune.Callback):
             self.pending = True
             return
         self.pending, self.written_at = False, now
+        try:
+            self._write()
+        except (OSError, BerterError, pa.ArrowException) as exc:
+            self.pending = True  # the rows stay; the next event or loop step tries again
+            if not self.failing:
+                print(f"warning: cannot write the results to {self.root}: {first_line(exc)}; "
+                      "the files keep their last complete version, retrying",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            self.failing = True
+            return
+        if self.failing:
+            self._say(f"results written to {self.root} again")
+        self.failing = False
+
+    def _write(self) -> None:
+        """The three files, each replaced whole (an object store: one PUT each)."""
         store = Store(self.root)
         trials = sorted(self.trials.values(), key=lambda r: r["trial_id"])
         epochs = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
