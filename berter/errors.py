@@ -68,6 +68,8 @@ def _bounded(
 # Counts (examples, epochs, trials, threads): 0 would be read as "the default" by
 # ``args.n or default``, and a negative count means nothing.
 positive_int = _bounded(int, lambda v: v >= 1, "an integer >= 1", "positive_int")
+# Counts where 0 means "none" (for example --speedup-examples 0: not timed).
+non_negative_int = _bounded(int, lambda v: v >= 0, "an integer >= 0", "non_negative_int")
 # Rates and factors; NaN and infinity fail the comparison.
 positive_float = _bounded(float, lambda v: 0 < v < float("inf"), "a number > 0", "positive_float")
 # Tolerances: zero allowed.

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import strategies  # noqa: E402
+import table2  # noqa: E402
+
+from berter.results import read_results  # noqa: E402
 
 
 def test_there_are_benchmark_scripts_to_check():
@@ -256,3 +259,21 @@ def test_a_bad_count_or_rate_is_one_line_and_exit_2_before_any_work(name, argv, 
         script.main(argv)
     assert exit_.value.code == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/cs224n")
+def test_table2_quick_runs_all_twelve_presets_with_seeds_and_judges_every_claim(tmp_path):
+    """``table2.py --quick`` as a user runs it: the real sweep on a slice of the real data, the
+    per-preset table, its headline last, and REPRODUCTION.md's claim verdicts from its results."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "table2.py"), "--quick",
+         "--results", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("table2: 12/12 presets, 2-2 seeds; best ")
+    rows = table2.claim_rows(read_results(tmp_path / "table2-quick")["trials"])
+    overall = [r["overall"] for r in rows if r["claim"]]
+    assert len(overall) == len(table2.CLAIMS) and "not run" not in overall
+    assert all(r["verdict"] != "not run" for r in rows if r["pair"].count(" - ") == 1)

@@ -9,7 +9,9 @@ fault-injection callback (tests/faults.py); the tiny random backbone keeps each 
 """
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -234,6 +236,24 @@ def held(claims: Path) -> bool:
     return claims.exists() and any(claims.glob("held-*"))
 
 
+def snapshot_has_checkpoint(uri: str, trial_id: str) -> bool:
+    """Whether Tune's experiment state in the bucket records a checkpoint of ``trial_id``: what
+    ``--resume`` restores it from. Tune pickles each trial's checkpoint manager into the JSON
+    (as hex), so the checkpoint's directory name is looked for in the decoded bytes."""
+    fs, prefix = s3_fs(), uri.removeprefix("s3://") + "/ray"
+    states = [i.path for i in fs.get_file_info(pafs.FileSelector(prefix, allow_not_found=True))
+              if i.base_name.startswith("experiment_state-")]  # fmt: skip
+    if not states:
+        return False
+    with fs.open_input_stream(max(states)) as f:
+        text = f.read().decode()
+    for trial, run_metadata in json.loads(text)["trial_data"]:
+        if json.loads(trial)["trial_id"] == trial_id:
+            blobs = re.findall(r'"value": "([0-9a-f]+)"', run_metadata)
+            return any(b"checkpoint_000000" in bytes.fromhex(b) for b in blobs)
+    return False
+
+
 @pytest.mark.slow
 def test_a_killed_s3_sweep_resumes_once_and_the_report_and_infer_read_the_bucket(
     tiny_model, bucket, tmp_path
@@ -245,13 +265,15 @@ def test_a_killed_s3_sweep_resumes_once_and_the_report_and_infer_read_the_bucket
     # the second trial stalls after checkpointing epoch 1 (to the bucket): the driver dies there
     with Driver(argv, faults("none,stall@1", claims), tmp_path / "first.log") as first:
         wait_for(lambda: held(claims), first, "the second trial to stall")
-        time.sleep(2)  # Ray's experiment snapshot, forced by that checkpoint, reaches the bucket
+        stalled = (claims / "trial-1").read_text()
+        wait_for(lambda: snapshot_has_checkpoint(uri, stalled), first,
+                 "Tune's experiment snapshot with the stalled trial's checkpoint")  # fmt: skip
         before = read_results(uri)["trials"].set_index("trial_id")
         os.kill(first.proc.pid, signal.SIGKILL)
         assert first.proc.wait(timeout=30) == -signal.SIGKILL
     killed_at = pd.Timestamp.now(tz="UTC")
     (done_id,) = before.index[before.status == "terminated"]  # written when it ended
-    stalled_id = (claims / "trial-1").read_text()
+    stalled_id = stalled
 
     resume = ["--resume", "--name", "killed", "--results", results]
     with Driver(resume, {}, tmp_path / "resume.log") as second:

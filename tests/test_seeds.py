@@ -70,7 +70,7 @@ def seeded_trial(model: str, seeds: int, seed: int = 0) -> type[Trial]:
     """``Trial`` bound to a spec with ``seeds`` runs per configuration, without Ray."""
     variant = Variant({**BASE_AXES, "strategy": "joint", "exit_method": "confidence"})
     values = tiny_config(epochs=2, model=model, seed=seed).to_dict()
-    spec = TrialSpec(values, [variant], measure_speedup=False, seeds=seeds)
+    spec = TrialSpec(values, [variant], speedup_examples=0, seeds=seeds)
 
     class Bound(Trial):
         def setup(self, config):

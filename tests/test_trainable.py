@@ -166,12 +166,12 @@ def test_config_defaults_are_the_single_source_for_unsearched_values():
 
 # ----------------------------------------------------------------------------- Trial
 def make_trial(
-    model: str, measure_speedup: bool = False, callbacks: tuple[str, ...] = (), **base_overrides
+    model: str, speedup_examples: int = 0, callbacks: tuple[str, ...] = (), **base_overrides
 ) -> type[Trial]:
     """``Trial`` bound to a trial spec as ``tune.with_parameters`` binds it, but without Ray."""
     variant = Variant(dict(SLF_ALT, slf="off", strategy="joint", exit_method="confidence"))
     values = {**tiny_config(epochs=2, model=model).to_dict(), **base_overrides}
-    spec = TrialSpec(values, [variant], measure_speedup=measure_speedup, callbacks=callbacks)
+    spec = TrialSpec(values, [variant], speedup_examples=speedup_examples, callbacks=callbacks)
 
     class Bound(Trial):
         def setup(self, config):
@@ -202,7 +202,7 @@ def test_trial_steps_one_epoch_at_a_time_on_the_calling_thread(tiny_model):
 def test_trial_restored_from_its_last_checkpoint_reports_that_epoch_without_training(
     tiny_model, tmp_path
 ):
-    cls = make_trial(tiny_model, measure_speedup=True)
+    cls = make_trial(tiny_model, speedup_examples=8)
     trial = cls({})
     trial.step()
     last = trial.step()

@@ -14,7 +14,7 @@ import textwrap
 from typing import Any
 
 from berter.config import Config
-from berter.errors import BerterError, ConfigError, RaisingArgumentParser
+from berter.errors import BerterError, ConfigError, RaisingArgumentParser, non_negative_int
 from berter.sweep import tuner
 from berter.sweep.plan import (
     DEFAULT_NUM_SAMPLES,
@@ -33,7 +33,7 @@ SWEEP_OPTIONS = (
     "search", "set", "range", "variants", "data_dir", "data", "tasks", "model", "num_samples",
     "epochs", "max_train", "max_dev", "max_len", "scheduler", "search_alg", "objective", "seed",
     "cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures", "grace_period",
-    "reduction_factor", "seeds", "callback", "tracking", "keep_checkpoints",
+    "reduction_factor", "seeds", "callback", "tracking", "keep_checkpoints", "speedup_examples",
 )  # fmt: skip
 
 
@@ -192,6 +192,13 @@ def build_parser(prog: str = "python sweeps/run.py") -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="training seeds per configuration (--seed, --seed + 1, ...); their mean is reported",
+    )
+    p.add_argument(
+        "--speedup-examples",
+        type=non_negative_int,
+        default=Plan.speedup_examples,
+        help="dev examples per task timed when a trial ends for its wall-clock early-exit "
+        "speedup (default %(default)s; 0: not timed)",
     )
     p.add_argument(
         "--tracking",

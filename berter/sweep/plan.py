@@ -80,6 +80,9 @@ class Plan:
     callbacks: list[str] = field(default_factory=list)  # --callback: TrainerCallback paths
     tracking: list[str] = field(default_factory=list)  # berter.sweep.tracking specs
     keep_checkpoints: str = "best"  # what an ended trial keeps (berter.sweep.retention)
+    # dev examples per task timed at batch 1 and 32 when a trial ends, for speedup_wall: the
+    # timing costs seconds per example and seed on a CPU; 0 skips it (speedup_wall empty)
+    speedup_examples: int = 64
 
     @property
     def variant_objs(self) -> list[Variant]:
@@ -230,6 +233,7 @@ def _resolve_plan(
         callbacks=list(args.callback or []),
         tracking=parse_tracking(args.tracking),
         keep_checkpoints=args.keep_checkpoints,
+        speedup_examples=args.speedup_examples,
     )
     return plan, data
 

@@ -46,7 +46,6 @@ CHECKPOINT_FILE = "state.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 RESUME_ONLY = ("optimizer", "scheduler", WeightAveraging.state_key)  # the entries it holds
 META_FILE = "trial.json"
-SPEEDUP_EXAMPLES = 64  # dev examples per task timed for speedup_wall (cost: seconds)
 
 
 @dataclass
@@ -56,7 +55,7 @@ class TrialSpec:
 
     base: dict[str, Any]  # Config fields (not searched)
     variants: list[Variant]
-    measure_speedup: bool = True
+    speedup_examples: int = 64  # dev examples per task timed for speedup_wall; 0: not timed
     seeds: int = 1  # training runs per configuration: seed, seed + 1, ... (berter.sweep.seeds)
     callbacks: tuple[str, ...] = ()  # TrainerCallback classes by dotted path (--callback)
     by_name: dict[str, Variant] = field(init=False, repr=False)
@@ -172,7 +171,7 @@ def epoch_result(run: Any, report: Any, num_epochs: int) -> dict[str, Any]:
     }
 
 
-def trial_speedup(run: Any, threads: int) -> dict[str, float]:
+def trial_speedup(run: Any, threads: int, examples: int) -> dict[str, float]:
     """Wall-clock early-exit speedup (batch 1 and 32) on capped dev examples, via berter.infer.
 
     Skipped for ``exit_method=none``: its early-exit path is the full model, speedup 1.
@@ -181,7 +180,7 @@ def trial_speedup(run: Any, threads: int) -> dict[str, float]:
         return {"speedup_wall": 1.0, "speedup_wall_b32": 1.0}
     from berter.exits.engine import speed_metrics
 
-    row = speed_metrics(run, max_examples=SPEEDUP_EXAMPLES, threads=threads, repeats=2)
+    row = speed_metrics(run, max_examples=examples, threads=threads, repeats=2)
     return {k: float(row[k]) for k in ("speedup_wall", "speedup_wall_b32") if k in row}
 
 
@@ -306,10 +305,11 @@ class Trial(tune.Trainable):
             "started_at": self.meta["started_at"],
             "setup_seconds": self.setup_seconds,
         }
-        if run.finished and not result["diverged"] and self.spec.measure_speedup:
+        if run.finished and not result["diverged"] and self.spec.speedup_examples:
             started = time.perf_counter()
             try:
-                result.update(trial_speedup(run, self.cpus if self.device == "cpu" else None))
+                threads = self.cpus if self.device == "cpu" else None
+                result.update(trial_speedup(run, threads, self.spec.speedup_examples))
             except Exception as exc:  # a timing failure must not discard a trained trial
                 logging.getLogger(__name__).warning("speedup not measured: %s", exc)
             result["speedup_seconds"] = time.perf_counter() - started

@@ -138,7 +138,8 @@ def build_tuner(
     from berter.sweep.writer import ResultsWriter
 
     variants = plan.variant_objs
-    spec = TrialSpec(plan.base, variants, callbacks=tuple(plan.callbacks), seeds=plan.seeds)
+    spec = TrialSpec(plan.base, variants, callbacks=tuple(plan.callbacks), seeds=plan.seeds,
+                     speedup_examples=plan.speedup_examples)  # fmt: skip
     trainable = trainable_with_resources(data, spec, plan.cpus_per_trial, plan.gpus_per_trial)
     if resume:
         from ray.tune import Tuner
