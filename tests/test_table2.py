@@ -12,6 +12,8 @@ import table2  # noqa: E402
 
 from berter.results import t_interval  # noqa: E402
 
+DEV = "dev_score_exit"  # the claims' dev score (table2.Claim)
+
 
 def parsed(*argv: str):
     """table2's options as its main resolves them (scale filled in), without running."""
@@ -53,6 +55,7 @@ def seeded(seeds: int) -> pd.DataFrame:
         t["config_id"], t["seed"] = t.trial_id, k
         t["trial_id"] = t.trial_id + f"-seed{k}"
         t["dev_score"] = t.dev_score + 0.01 * k
+        t[DEV] = t.dev_score  # what the claims compare: the score at the exit (equal here)
         runs.append(t)
     return pd.concat(runs, ignore_index=True)
 
@@ -80,17 +83,17 @@ def with_seed_effect(trials: pd.DataFrame, preset: str, metric: str, shift: floa
 
 def test_a_claim_is_supported_when_its_paired_interval_excludes_zero_in_its_direction():
     trials = seeded(3)
-    ref = trials.loc[trials.preset == "SLF", "dev_score"].iloc[0]
-    trials.loc[trials.preset == "SLF + Conc Before Embed", "dev_score"] = ref
-    up = with_seed_effect(trials, "SLF + Conc Before Embed", "dev_score", 0.05)
-    down = with_seed_effect(trials, "SLF + Conc Before Embed", "dev_score", -0.05)
+    ref = trials.loc[trials.preset == "SLF", DEV].iloc[0]
+    trials.loc[trials.preset == "SLF + Conc Before Embed", DEV] = ref
+    up = with_seed_effect(trials, "SLF + Conc Before Embed", DEV, 0.05)
+    down = with_seed_effect(trials, "SLF + Conc Before Embed", DEV, -0.05)
     claim = table2.CLAIMS[0]
     assert claim.pairs == (("SLF + Conc Before Embed", "SLF"),)
     assert table2.claim_rows(up)[0]["verdict"] == "supported"
     assert table2.claim_rows(down)[0]["verdict"] == "reversed"
     noisy = trials.copy()  # differences of +0.02, -0.02, +0.001 over the three seeds
     rows = noisy.preset == "SLF + Conc Before Embed"
-    noisy.loc[rows, "dev_score"] = noisy.loc[rows, "dev_score"] + noisy.loc[rows, "seed"].map(
+    noisy.loc[rows, DEV] = noisy.loc[rows, DEV] + noisy.loc[rows, "seed"].map(
         {0: 0.02, 1: -0.02, 2: 0.001}
     )
     assert table2.claim_rows(noisy)[0]["verdict"] == "not supported"
@@ -121,10 +124,10 @@ def test_one_seed_gives_no_verdict_and_the_comparison_names_the_axes_apart():
 
 
 def test_the_best_row_claim_compares_it_with_every_other_row(tmp_path, capsys):
-    trials = with_seed_effect(seeded(3), table2.BEST_ROW, "dev_score", 0.5)
+    trials = with_seed_effect(seeded(3), table2.BEST_ROW, DEV, 0.5)
     rows = table2.claim_rows(trials)
     start = next(i for i, r in enumerate(rows) if r["claim"].endswith("is the best row"))
-    assert rows[start]["pair"] == f"highest mean dev score: {table2.BEST_ROW}"
+    assert rows[start]["pair"] == f"highest mean dev_score_exit: {table2.BEST_ROW}"
     assert rows[start]["overall"] == "supported" and len(rows) - start == 1 + 11
     write_results(tmp_path / "table2", {**synthetic_results(), "trials": trials})
     assert table2.main(["--results", str(tmp_path), "--markdown"]) == 0
@@ -135,7 +138,36 @@ def test_the_best_row_claim_compares_it_with_every_other_row(tmp_path, capsys):
 def test_a_claim_is_judged_on_the_pairs_whose_rows_have_run():
     trials = seeded(3)
     trials = trials[trials.preset != "SLF + Smart Alt"]  # one of the claim's two pairs not run
-    rows = table2.claim_rows(with_seed_effect(trials, "SLF + Smart Alt + Early Exit", "dev_score", 0.3))
+    rows = table2.claim_rows(with_seed_effect(trials, "SLF + Smart Alt + Early Exit", DEV, 0.3))
     start = next(i for i, r in enumerate(rows) if r["claim"] == "Smart Alternating adds to SLF")
     assert [r["verdict"] for r in rows[start : start + 2]] == ["not run", "supported"]
     assert rows[start]["overall"] == "supported"
+
+
+def test_the_best_row_claim_is_reversed_when_another_row_is_ahead_beyond_the_seeds():
+    trials = with_seed_effect(seeded(3), "Cos Loss + Early Exiting", DEV, 0.3)
+    rows = table2.claim_rows(trials)
+    start = next(i for i, r in enumerate(rows) if r["claim"].endswith("is the best row"))
+    assert rows[start]["pair"] == "highest mean dev_score_exit: Cos Loss + Early Exiting"
+    assert rows[start]["overall"] == "reversed"
+
+
+def test_a_claim_whose_pairs_disagree_says_how_many_support_it():
+    assert table2.overall_verdict(["supported", "not supported", "not run"]) == (
+        "mixed: supported by 1 of 2 pairs")
+    assert table2.overall_verdict(["not supported", "not supported"]) == "not supported"
+    assert table2.overall_verdict(["supported", "not supported"], "best") == "not supported"
+    assert table2.overall_verdict(["not run"], "best") == "not run"
+
+
+def test_the_claims_compare_early_exit_rows_at_their_exit_not_their_final_layer():
+    """The paper prints its early-exit rows' scores with early exit on: a row whose final layer
+    keeps the score but whose exits lose it does not keep the score."""
+    trials = seeded(3)
+    ee = trials.preset == "SLF + Early Exiting"
+    trials.loc[ee, "dev_score"] = trials.loc[trials.preset == "SLF", "dev_score"].to_numpy()
+    trials.loc[ee, DEV] = trials.loc[ee, "dev_score"] - 0.05 - 0.001 * trials.loc[ee, "seed"]
+    trials.loc[ee, "speedup_wall"] = [1.5, 1.6, 1.7]
+    rows = table2.claim_rows(trials)
+    pair = next(r for r in rows if r["pair"].startswith("SLF + Early Exiting - SLF:"))
+    assert pair["verdict"] == "reversed" and pair["pair"].split(": ")[1].startswith("-0.05")
