@@ -435,3 +435,17 @@ def test_an_error_line_is_the_first_non_blank_line_of_the_exception_or_its_type(
     assert first_line(exc) == "cannot open s3://b/x"
     assert first_line(OSError()) == "OSError"
     assert first_line(RuntimeError("   \n\t")) == "RuntimeError"
+
+
+def test_speedup_examples_reach_the_plan_and_an_older_plan_resumes_with_the_default(tmp_path):
+    import json
+
+    from berter.sweep.cli import build_parser
+    from berter.sweep.plan import Plan, make_plan
+
+    argv = demo(tmp_path, "--search", "lr", "--speedup-examples", "8")
+    plan, _ = make_plan(build_parser().parse_args(argv))
+    assert plan.speedup_examples == 8 and Plan.from_json(plan.to_json()).speedup_examples == 8
+    older = json.loads(plan.to_json())
+    del older["speedup_examples"]  # a sweep.json written before the option existed
+    assert Plan.from_json(json.dumps(older)).speedup_examples == Plan.speedup_examples == 64

@@ -153,6 +153,7 @@ def test_resume_skips_finished_trials_and_continues_from_checkpoints(
         (["--search", "lr", "--grace-period", "0"], "--grace-period must be >= 1"),
         (["--search", "lr", "--reduction-factor", "1"], "--reduction-factor must be > 1"),
         (["--search", "lr", "--model", "/nonexistent/model"], "does not exist"),
+        (["--search", "lr", "--speedup-examples", "-1"], "expected an integer >= 0, got '-1'"),
     ],
 )
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv, message):

@@ -292,3 +292,11 @@ def test_reset_config_frees_the_finished_run_before_building_the_next(tiny_model
     assert alive_at_build == [False]  # a reused worker never holds two trials' weights
     trial.cleanup()
     assert trial.group is None
+
+
+def test_a_trial_without_speedup_examples_skips_the_timing(tiny_model):
+    """--speedup-examples 0: the trial ends without timing inference (no speedup_wall)."""
+    trial = make_trial(tiny_model, speedup_examples=0)({})
+    trial.step()
+    last = trial.step()
+    assert last["done"] and "speedup_wall" not in last and "speedup_seconds" not in last
