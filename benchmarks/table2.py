@@ -138,7 +138,7 @@ def overall_verdict(verdicts: list[str], kind: str = "differs") -> str:
 
     "best": reversed when any other row is ahead of it beyond the spread of the seeds,
     supported only when it is ahead of every one. Otherwise one verdict when the pairs agree,
-    else how many of them support it ("SLF improves *every* row" needs all of them)."""
+    else how many pairs say what ("SLF improves *every* row" needs all of them)."""
     judged = [v for v in verdicts if v != "not run"]
     if not judged:
         return "not run"
@@ -148,7 +148,8 @@ def overall_verdict(verdicts: list[str], kind: str = "differs") -> str:
         return "supported" if set(judged) == {"supported"} else "not supported"
     if len(set(judged)) == 1:
         return judged[0]
-    return f"mixed: supported by {judged.count('supported')} of {len(judged)} pairs"
+    counts = (f"{judged.count(v)} {v}" for v in ("supported", "not supported", "reversed"))
+    return "mixed: " + ", ".join(c for c in counts if not c.startswith("0 "))
 
 
 def claim_rows(trials) -> list[dict[str, str]]:

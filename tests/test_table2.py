@@ -154,7 +154,8 @@ def test_the_best_row_claim_is_reversed_when_another_row_is_ahead_beyond_the_see
 
 def test_a_claim_whose_pairs_disagree_says_how_many_support_it():
     assert table2.overall_verdict(["supported", "not supported", "not run"]) == (
-        "mixed: supported by 1 of 2 pairs")
+        "mixed: 1 supported, 1 not supported")
+    assert table2.overall_verdict(["reversed", "not supported"]) == "mixed: 1 not supported, 1 reversed"
     assert table2.overall_verdict(["not supported", "not supported"]) == "not supported"
     assert table2.overall_verdict(["supported", "not supported"], "best") == "not supported"
     assert table2.overall_verdict(["not run"], "best") == "not run"
