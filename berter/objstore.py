@@ -6,8 +6,10 @@ and a request timeout of ``BERTER_STORE_TIMEOUT`` seconds (default 20) and a few
 and the bucket's region comes from ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` or, when neither
 is set, from a lookup bounded by the same timeout. ``AWS_ENDPOINT_URL`` names an
 S3-compatible endpoint (MinIO, moto, a cloud other than AWS); credentials come from
-the usual places (environment, ``~/.aws``, the instance's role). Other schemes (``file://``)
-go to ``pyarrow.fs.FileSystem.from_uri`` as they are.
+the usual places (environment, ``~/.aws``, the instance's role). ``gs://`` retries for at
+most the attempts' time and uses Google's default credentials, or with ``STORAGE_EMULATOR_HOST``
+(the variable Google's client libraries read) an emulator, anonymously. Other schemes
+(``file://``) go to ``pyarrow.fs.FileSystem.from_uri`` as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -26,6 +29,7 @@ import pyarrow.fs as pafs
 from berter.errors import ConfigError, DataError, first_line
 
 TIMEOUT_ENV = "BERTER_STORE_TIMEOUT"
+GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"  # host:port (or http://host:port) of a GCS emulator
 DEFAULT_TIMEOUT_S = 20.0
 ATTEMPTS = 3  # per request, pyarrow's (AWS SDK's) standard retry strategy
 DEFAULT_REGION = "us-east-1"
@@ -100,7 +104,13 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return fs, path
     if scheme in ("gs", "gcs"):
         _, path = _bucket_and_path(uri)
-        return pafs.GcsFileSystem(retry_limit_seconds=timeout * ATTEMPTS), path
+        limit = timedelta(seconds=timeout * ATTEMPTS)  # GCS's client has no per-request timeout
+        emulator = os.environ.get(GCS_EMULATOR_ENV, "").strip()
+        if emulator:  # a local GCS emulator, as Google's own client libraries read it
+            transport, _, host = emulator.rpartition("://")
+            return pafs.GcsFileSystem(anonymous=True, endpoint_override=host,
+                                      scheme=transport or "http", retry_time_limit=limit), path  # fmt: skip
+        return pafs.GcsFileSystem(retry_time_limit=limit), path
     return pafs.FileSystem.from_uri(uri)
 
 
