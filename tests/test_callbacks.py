@@ -1,6 +1,9 @@
 """Training callbacks: the hooks the loop calls, early stopping from a callback, loading a
 user's callback class by its dotted path, and the test-only fault injector built on them."""
 
+import time
+from types import SimpleNamespace
+
 import pytest
 import torch
 from faults import FaultInjector, claim_fault, faults_from_env
@@ -135,22 +138,31 @@ def test_an_injected_raise_fails_its_epoch():
     assert run.epoch == 1
 
 
-def test_an_injected_stall_sleeps_only_after_an_epoch_this_process_trained(monkeypatch):
-    import faults
-
-    slept = []
-    monkeypatch.setattr(faults.time, "sleep", slept.append)
+def test_an_injected_stall_pauses_only_after_an_epoch_this_process_trained(monkeypatch, tmp_path):
+    paused = []  # the pause itself waits up to STALL_SECONDS: recorded here instead
+    monkeypatch.setattr(FaultInjector, "pause", lambda self, run, release: paused.append(release))
     cfg = tiny_config(epochs=2)
     run = TrainingRun(cfg, backbone=tiny_backbone(), callbacks=[FaultInjector("stall@1")])
     run.next_epoch()
     state = run.state_dict()
-    assert slept == []
+    assert paused == []
     run.next_epoch()
-    assert slept == [faults.STALL_SECONDS]
+    assert paused == [False]  # a stall: not released by the test, only killed
     restored = TrainingRun(cfg, backbone=tiny_backbone(), callbacks=[FaultInjector("stall@1")])
     restored.load_state_dict(state)
     restored.next_epoch()  # restored from epoch 1's checkpoint: no second stall
-    assert slept == [faults.STALL_SECONDS]
+    assert paused == [False]
+
+
+def test_a_held_run_waits_until_the_test_releases_it(tmp_path):
+    import faults
+
+    injector = FaultInjector("hold@1")
+    injector.directory = str(tmp_path)
+    (tmp_path / faults.RELEASE).touch()
+    started = time.monotonic()
+    injector.pause(SimpleNamespace(trial_id="t"), release=True)  # released already: returns
+    assert time.monotonic() - started < 5 and (tmp_path / "held-t").exists()
 
 
 # ----------------------------------------------------------------------------- the sweep option
