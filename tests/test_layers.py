@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "berter"
 LAYERS = (
     "berter",  # the package's __init__ only (its version, no imports): exact match, not a prefix
     "berter.errors",
+    "berter.objstore",  # object-store filesystems (s3://, gs://): for checkpoints and results alike
     "berter.registry",
     "berter.tasks",
     "berter.config",

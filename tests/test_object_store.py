@@ -247,7 +247,11 @@ def snapshot_has_checkpoint(uri: str, trial_id: str) -> bool:
         return False
     with fs.open_input_stream(max(states)) as f:
         text = f.read().decode()
-    for trial, run_metadata in json.loads(text)["trial_data"]:
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError:  # read while Tune was replacing it: look again
+        return False
+    for trial, run_metadata in state["trial_data"]:
         if json.loads(trial)["trial_id"] == trial_id:
             blobs = re.findall(r'"value": "([0-9a-f]+)"', run_metadata)
             return any(b"checkpoint_000000" in bytes.fromhex(b) for b in blobs)
