@@ -41,13 +41,13 @@ from berter.errors import ArgumentParser, one_line_errors, positive_int  # noqa:
 DATA = ROOT.parent / "shared" / "data" / "cs224n"
 COLUMNS = ("dev_score", "dev_score_exit", "sst_acc", "para_acc", "sts_corr", "train_seconds",
            "avg_exit_layer", "speedup_wall")  # fmt: skip
-# --quick: a smoke run of the same shape (every preset, 2 seeds, every column) in about two
-# minutes; its speedup is timed on 8 examples per task (the full run's 64 take most of a
-# quick trial's time), so its speedup column is noise
+# --quick: a smoke run of the same shape (every preset, 2 seeds, every column, every verdict) in
+# about a minute, on a small random backbone (quick_backbone) with the speedup timed on 8
+# examples per task: its numbers are noise, the full run's are the results
 QUICK = {"max_train": 16, "max_dev": 24, "epochs": 1, "seeds": 2, "max_len": 32, "cpus": 1,
-         "speedup_examples": 8}  # fmt: skip
+         "speedup_examples": 8, "model": "quick"}  # fmt: skip
 FULL = {"max_train": 400, "max_dev": 400, "epochs": 3, "seeds": 3, "max_len": 128, "cpus": 2,
-        "speedup_examples": 64}  # fmt: skip
+        "speedup_examples": 64, "model": "packaged"}  # fmt: skip
 
 
 TOLERANCE = 0.01  # "keeps the score": the paired difference's interval stays above -1 point
@@ -216,6 +216,27 @@ def markdown(directory: Path) -> str:
             + markdown_table(pd.DataFrame(claim_rows(trials))) + "\n")  # fmt: skip
 
 
+def quick_backbone(results: Path) -> str:
+    """--quick's backbone: the packaged model's six layers and tokenizer at a sixth of its
+    width, random weights, written once under the results directory. --quick checks that every
+    preset trains with its seeds and that every column and verdict comes out; its scores are
+    noise at any backbone on 16 examples, and the packaged model's training took most of
+    --quick's time."""
+    path = results / "quick-backbone"
+    if not (path / "config.json").exists():
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        from berter.data.encode import packaged_model_path
+
+        cfg = AutoConfig.from_pretrained(packaged_model_path())
+        cfg.update({"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2})
+        torch.manual_seed(0)
+        AutoModel.from_config(cfg).save_pretrained(path)
+        AutoTokenizer.from_pretrained(packaged_model_path()).save_pretrained(path)
+    return str(path)
+
+
 def sweep_command(args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, str(ROOT / "sweeps" / "run.py"), "--name", args.name,
            "--results", str(args.results)]  # fmt: skip
@@ -292,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="the same shape on a slice (minutes)")
     p.add_argument("--probe", nargs="?", const="baseline", choices=("baseline", "heaviest"),
                    help="one row, one seed, at the run's scale: its wall time")  # fmt: skip
-    p.add_argument("--model", default="packaged", help="sweeps/run.py --model")
+    p.add_argument("--model", help="sweeps/run.py --model (default packaged; --quick: a "
+                   "random 6-layer 64-wide BERT with the packaged tokenizer)")  # fmt: skip
     p.add_argument("--max-train", type=positive_int, help="training examples per task")
     p.add_argument("--max-dev", type=positive_int, help="dev examples per task")
     p.add_argument("--max-len", type=positive_int, help="tokens per sentence (or pair)")
@@ -313,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     default = "table2-probe" if args.probe else "table2-quick" if args.quick else "table2"
     args.name = args.name or default
+    if args.quick and args.model == "quick" and not (args.report or args.markdown or args.resume):
+        args.model = quick_backbone(args.results)
     if args.markdown:
         print(markdown(args.results / args.name))
         return 0

@@ -25,11 +25,3 @@ def tiny_model(tmp_path_factory) -> str:
     AutoTokenizer.from_pretrained(packaged_model_path()).save_pretrained(path)
     return str(path)
 
-
-def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto``: one worker more than the cores, at most 4. Most of a test's time is Ray
-    starting, trial workers importing torch and sweeps polling; on 2 cores a third worker fills
-    that waiting (the suite used about a third of 2 cores with 2 workers)."""
-    import os
-
-    return min(4, (os.cpu_count() or 1) + 1)
