@@ -84,8 +84,11 @@ def test_an_unwritable_gs_uri_is_one_line_exit_2_before_any_trial(
 
 @pytest.mark.slow
 def test_a_sweep_on_gs_writes_results_and_checkpoints_that_the_report_and_infer_read(
-    tiny_model, bucket, tmp_path
+    tiny_model, bucket, tmp_path, monkeypatch
 ):
+    # the emulator is one Python process: on a loaded machine a request can stall for seconds,
+    # which the 3 s limit of the bad-input tests would turn into a failed run
+    monkeypatch.setenv(TIMEOUT_ENV, "20")
     uri = f"gs://{bucket}/sweeps/g"
     argv = sweep_args(tiny_model, f"gs://{bucket}/sweeps", "g", "--num-samples", "1",
                       "--epochs", "1")  # fmt: skip
