@@ -30,6 +30,14 @@ from berter.sweep.store import Store, read_results
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = shutil.which("gcp-storage-emulator")
 pytestmark = pytest.mark.skipif(EMULATOR is None, reason="needs gcp-storage-emulator (dev extra)")
+# The emulator serves one connection at a time (http.server.HTTPServer): a client's idle
+# keep-alive connection (pyarrow's pool, the sweep's workers) then stalls every other request
+# until it times out. Run it with a thread per connection instead.
+THREADED = (
+    "import sys, http.server as h; h.HTTPServer = h.ThreadingHTTPServer; "
+    "from gcp_storage_emulator.__main__ import main; sys.argv[0] = 'gcp-storage-emulator'; "
+    "sys.exit(main())"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +45,8 @@ def emulator() -> str:
     """The emulator on a free port for the module; its host:port."""
     port = free_port()
     server = subprocess.Popen(
-        [EMULATOR, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+        [sys.executable, "-c", THREADED, "start", "--host", "127.0.0.1", "--port", str(port),
+         "--in-memory"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
