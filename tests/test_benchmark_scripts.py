@@ -75,6 +75,7 @@ def test_throughput_profile_runs_only_the_named_side_of_the_trainer_comparison(m
         return {args.profile: 12.5}
 
     monkeypatch.setattr(throughput, "vs_trainer", vs_trainer)
+    monkeypatch.setattr(throughput, "trainer_missing", lambda: None)  # with or without accelerate
     monkeypatch.setattr(throughput, "overhead", lambda *a: pytest.fail("ran another comparison"))
     assert throughput.main(["--quick", "--profile", "Trainer tuned"]) == 0
     assert seen == {"profile": "Trainer tuned"}
