@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from faults import FAULT_ENV
 
+import berter.errors
 import berter.sweep.plan
 import berter.sweep.tuner
 from berter.errors import first_line
@@ -395,6 +396,52 @@ def test_every_command_line_reports_a_malformed_option_in_one_line(module, argv,
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+@pytest.mark.usefixtures("no_early_ray")
+def test_a_package_outside_berters_requirements_is_one_line_before_any_trial(
+    tmp_path, capsys, monkeypatch
+):
+    """pip warns of a transformers outside berter's range and installs it anyway: the driver
+    refuses it from the installed metadata (the trials would each fail importing the model)."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata,
+        "version",
+        lambda name: "4.46.0" if name == "transformers" else real(name),
+    )
+    argv = demo(tmp_path)
+    before = snapshot(tmp_path)
+    rc = sweep_main(argv)
+    captured = capsys.readouterr()
+    check_one_line(rc, captured.out, captured.err, "the installed packages cannot run the model: "
+                   "transformers 4.46.0 is installed; berter needs transformers")  # fmt: skip
+    assert snapshot(tmp_path) == before
+
+
+def test_the_requirement_check_skips_extras_and_names_a_missing_package(monkeypatch):
+    import importlib.metadata
+
+    from berter.sweep.preflight import check_requirements
+
+    real = importlib.metadata.version
+    extras_only = {"pytest", "moto", "wandb", "accelerate", "tensorboardx", "mlflow-skinny"}
+    absent: set[str] = set()
+
+    def version(name: str) -> str:
+        if name.lower() in extras_only | absent:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    check_requirements()  # the extras' packages are not needed to run a sweep
+    absent.add("optuna")
+    with pytest.raises(
+        berter.errors.ConfigError, match="optuna is not installed; berter needs optuna>="
+    ):
+        check_requirements()
 
 
 def test_a_late_error_stops_the_ray_instance_the_check_started(tmp_path, capsys, monkeypatch):
